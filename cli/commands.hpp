@@ -1,0 +1,14 @@
+// The `moetune` subcommands; each registers itself on the app and runs when chosen.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace moetune::cli {
+
+void register_plan(CLI::App& app);
+void register_simulate(CLI::App& app);
+void register_explain(CLI::App& app);
+void register_export(CLI::App& app);
+void register_info(CLI::App& app);
+
+}  // namespace moetune::cli

@@ -1,0 +1,62 @@
+// Pieces every subcommand shares: the model/cluster/training options, the layout options, and
+// number formatting. Subcommands stay thin: parse, call a library, print.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <optional>
+#include <string>
+
+#include "core/plan.hpp"
+#include "planner/planner.hpp"
+
+namespace moetune::cli {
+
+// --model --cluster --nodes --devices-per-node and the TrainSpec flags.
+struct SetupOptions {
+  std::string model;
+  std::string cluster;
+  std::optional<std::int64_t> nodes;
+  std::optional<std::int64_t> devices_per_node;
+  std::int64_t seq_len = 2048;
+  std::int64_t global_batch = 128;
+  std::string precision;  // default: bf16 on GPUs, fp32 on CPUs
+  std::string load_balancing = "aux_loss";
+  double aux_loss_coef = 0.01;
+  double z_loss_coef = 0.0;
+  double capacity_factor = 0.0;
+  std::string dispatcher = "alltoall";
+  std::uint64_t seed = 1234;
+};
+
+struct Setup {
+  ModelSpec model;
+  ClusterSpec cluster;
+  TrainSpec train;
+};
+
+void add_setup_options(CLI::App& app, SetupOptions& options, bool required);
+Setup load_setup(const SetupOptions& options);
+
+// --tp --pp --vpp --ep --hs --order --micro-batch --recompute --optimizer-offload
+// --activation-offload: pins for `plan`/`explain`, the layout itself for `simulate`.
+struct LayoutOptions {
+  std::optional<std::int64_t> tp, pp, vpp, ep, hs, micro_batch;
+  std::optional<std::string> order, recompute, optimizer_offload, activation_offload;
+};
+void add_layout_options(CLI::App& app, LayoutOptions& options);
+planner::Pins to_pins(const LayoutOptions& options);
+// A whole layout: unset degrees default to 1 except hs, which takes what is left (rep = 1).
+Layout to_layout(const LayoutOptions& options, const ClusterSpec& cluster);
+
+std::string format_gib(double bytes);
+std::string format_count(double n);  // 46.7B, 12.9M
+std::string format_rate(double tokens_per_s);
+std::string format_seconds(double s);
+
+// Prediction as stable JSON keys: the layout's degrees and order, fits, memory, time, throughput.
+Json prediction_json(const Layout& layout, const Prediction& prediction);
+// One line about the setup: model, cluster, sequence, batch, precision.
+std::string describe_setup(const Setup& setup);
+
+}  // namespace moetune::cli

@@ -1,0 +1,97 @@
+// HardwareProfile (one device kind) and ClusterSpec (nodes of such devices, their fabrics and price).
+// Every figure carries its public source in `sources`, keyed by the field's path.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "core/json_reader.hpp"
+
+namespace moetune {
+
+enum class DeviceKind { Gpu, Cpu };
+enum class Precision { Fp32, Bf16, Fp8 };
+
+struct HardwareProfile {
+  std::string name;
+  std::string description;
+  DeviceKind kind = DeviceKind::Gpu;
+  double peak_tflops_fp32 = 0;  // dense, non-tensor
+  double peak_tflops_tf32 = 0;
+  double peak_tflops_bf16 = 0;
+  double peak_tflops_fp8 = 0;  // 0: no fp8 tensor cores
+  double memory_GiB = 0;
+  double memory_bandwidth_GBps = 0;
+  double gemm_efficiency = 0;          // achievable fraction of peak for large GEMMs
+  double attention_efficiency = 0;     // fraction of peak for fused attention
+  double memory_bound_efficiency = 0;  // achievable fraction of memory bandwidth
+  double runtime_reserved_GiB = 0;     // context, library workspaces, communicator buffers
+  double fragmentation_fraction = 0;   // allocator slack, fraction of dynamic memory
+  bool flash_attention = true;         // attention never stores the s x s scores
+  std::map<std::string, std::string> sources;
+
+  bool operator==(const HardwareProfile&) const = default;
+
+  double memory_bytes() const;
+  // Peak FLOP/s for GEMMs at `precision` (fp8 falls back to bf16 where the device has none).
+  double peak_flops(Precision precision) const;
+};
+
+enum class Fabric { NvSwitch, Pcie, SharedMemory };
+
+struct IntraNode {
+  Fabric fabric = Fabric::NvSwitch;
+  double bandwidth_GBps = 0;  // achievable bus bandwidth per device, one direction
+  double latency_us = 0;
+  bool operator==(const IntraNode&) const = default;
+};
+
+struct InterNode {
+  std::int64_t nics_per_node = 0;
+  double nic_bandwidth_GBps = 0;  // per NIC, one direction, line rate
+  double efficiency = 0;          // achievable fraction of line rate
+  double latency_us = 0;
+  bool operator==(const InterNode&) const = default;
+  // Achievable bytes/s a node can send (and receive) over the network.
+  double node_bandwidth_Bps() const { return nics_per_node * nic_bandwidth_GBps * efficiency * 1e9; }
+};
+
+struct HostSpec {
+  double memory_GiB = 0;           // per node
+  double link_bandwidth_GBps = 0;  // host <-> device per device, one direction
+  bool operator==(const HostSpec&) const = default;
+};
+
+struct ClusterSpec {
+  std::string name;
+  std::string description;
+  std::int64_t nodes = 1;
+  std::int64_t devices_per_node = 1;
+  HardwareProfile device;
+  IntraNode intra_node;
+  InterNode inter_node;
+  HostSpec host;
+  double price_per_node_hour_usd = 0;
+  std::map<std::string, std::string> sources;
+
+  bool operator==(const ClusterSpec&) const = default;
+
+  std::int64_t world_size() const { return nodes * devices_per_node; }
+};
+
+std::string to_string(DeviceKind kind);
+std::string to_string(Precision precision);
+Precision parse_precision(const std::string& text);
+std::string to_string(Fabric fabric);
+
+Json to_json(const HardwareProfile& profile);
+HardwareProfile hardware_from_json(JsonObjectReader reader);
+
+// A cluster's `device` is either a whole profile (as plan.json writes it) or the name of a device
+// preset, which `resolve_device` turns into a profile.
+Json to_json(const ClusterSpec& cluster);
+ClusterSpec cluster_from_json(JsonObjectReader reader,
+                              HardwareProfile (*resolve_device)(const std::string& name));
+
+}  // namespace moetune

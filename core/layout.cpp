@@ -1,0 +1,166 @@
+// Layout: axis names, mesh orders and JSON.
+#include "core/layout.hpp"
+
+#include <algorithm>
+#include <sstream>
+
+#include "core/error.hpp"
+
+namespace moetune {
+
+std::int64_t Layout::degree(Axis axis) const {
+  switch (axis) {
+    case Axis::Tp:
+      return tp;
+    case Axis::Ep:
+      return ep;
+    case Axis::Hs:
+      return hs;
+    case Axis::Rep:
+      return rep;
+    case Axis::Pp:
+      return pp;
+  }
+  return 1;
+}
+
+std::string to_string(Axis axis) {
+  switch (axis) {
+    case Axis::Tp:
+      return "tp";
+    case Axis::Ep:
+      return "ep";
+    case Axis::Hs:
+      return "hs";
+    case Axis::Rep:
+      return "rep";
+    case Axis::Pp:
+      return "pp";
+  }
+  return "tp";
+}
+
+Axis parse_axis(const std::string& text) {
+  for (Axis a : kDefaultOrder) {
+    if (to_string(a) == text) return a;
+  }
+  throw InputError("mesh axis \"" + text + "\" is not one of {tp, ep, hs, rep, pp}");
+}
+
+std::string to_string(Recompute r) { return r == Recompute::None ? "none" : "full"; }
+
+Recompute parse_recompute(const std::string& text) {
+  if (text == "none") return Recompute::None;
+  if (text == "full") return Recompute::Full;
+  throw InputError("recompute \"" + text + "\" is not one of {none, full}");
+}
+
+std::string order_to_string(const MeshOrder& order) {
+  std::string out;
+  for (Axis a : order) out += (out.empty() ? "" : ",") + to_string(a);
+  return out;
+}
+
+MeshOrder parse_order(const std::string& text) {
+  std::vector<Axis> seen;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    Axis a = parse_axis(item);
+    if (std::find(seen.begin(), seen.end(), a) != seen.end()) {
+      throw InputError("mesh order \"" + text + "\" names " + item + " twice");
+    }
+    seen.push_back(a);
+  }
+  if (seen.empty()) throw InputError("mesh order is empty; e.g. tp,ep,hs,rep,pp");
+  if (seen.front() != Axis::Tp) {
+    throw InputError("mesh order \"" + text +
+                     "\" must start with tp: tensor-parallel ranks are innermost so they share a "
+                     "node");
+  }
+  for (Axis a : kDefaultOrder) {
+    if (std::find(seen.begin(), seen.end(), a) == seen.end()) seen.push_back(a);
+  }
+  MeshOrder order;
+  std::copy(seen.begin(), seen.end(), order.begin());
+  return order;
+}
+
+MeshOrder canonical_order(const Layout& layout) {
+  MeshOrder out;
+  int n = 0;
+  out[n++] = Axis::Tp;
+  for (Axis a : layout.order) {
+    if (a != Axis::Tp && layout.degree(a) > 1) out[n++] = a;
+  }
+  for (Axis a : kDefaultOrder) {
+    if (a != Axis::Tp && layout.degree(a) == 1) out[n++] = a;
+  }
+  return out;
+}
+
+std::string describe(const Layout& l) {
+  std::ostringstream s;
+  s << "tp" << l.tp << " pp" << l.pp;
+  if (l.vpp > 1) s << "x" << l.vpp;
+  s << " ep" << l.ep << " hs" << l.hs << " rep" << l.rep << " [" << order_to_string(l.order)
+    << "] mb" << l.micro_batch << " recompute=" << to_string(l.recompute);
+  if (l.optimizer_offload) s << " +opt-offload";
+  if (l.activation_offload) s << " +act-offload";
+  return s.str();
+}
+
+Json to_json(const Layout& l) {
+  Json j;
+  j["tp"] = l.tp;
+  j["pp"] = l.pp;
+  j["vpp"] = l.vpp;
+  j["ep"] = l.ep;
+  j["hs"] = l.hs;
+  j["rep"] = l.rep;
+  Json order = Json::array();
+  for (Axis a : l.order) order.push_back(to_string(a));
+  j["order"] = order;
+  j["micro_batch"] = l.micro_batch;
+  j["recompute"] = to_string(l.recompute);
+  j["optimizer_offload"] = l.optimizer_offload;
+  j["activation_offload"] = l.activation_offload;
+  return j;
+}
+
+Layout layout_from_json(JsonObjectReader r) {
+  Layout l;
+  constexpr std::int64_t kMax = std::int64_t{1} << 24;
+  l.tp = r.get_int("tp", 1, kMax);
+  l.pp = r.get_int("pp", 1, kMax);
+  l.vpp = r.get_int("vpp", 1, kMax);
+  l.ep = r.get_int("ep", 1, kMax);
+  l.hs = r.get_int("hs", 1, kMax);
+  l.rep = r.get_int("rep", 1, kMax);
+  const Json& order = r.get_raw("order");
+  if (!order.is_array() || order.size() != kNumAxes) {
+    r.fail("order", "expected the five axes, innermost first, e.g. [\"tp\",\"ep\",\"hs\",\"rep\",\"pp\"]");
+  }
+  std::string text;
+  for (const auto& a : order) {
+    if (!a.is_string()) r.fail("order", "expected axis names");
+    text += (text.empty() ? "" : ",") + a.get<std::string>();
+  }
+  try {
+    l.order = parse_order(text);
+  } catch (const InputError& e) {
+    r.fail("order", e.what());
+  }
+  l.micro_batch = r.get_int("micro_batch", 1, kMax);
+  try {
+    l.recompute = parse_recompute(r.get_enum("recompute", {"none", "full"}));
+  } catch (const InputError& e) {
+    r.fail("recompute", e.what());
+  }
+  l.optimizer_offload = r.get_bool("optimizer_offload");
+  l.activation_offload = r.get_bool("activation_offload");
+  r.finish();
+  return l;
+}
+
+}  // namespace moetune

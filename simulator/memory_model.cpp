@@ -1,0 +1,218 @@
+// The memory model: bytes on the worst rank, by kind, for any layout.
+//
+// Notation used in the comments: T = micro_batch * seq_len tokens per micro-batch, t = tp, h = hidden,
+// a = bytes of an activation element (2 for bf16/fp8, 4 for fp32), k = experts per token,
+// Tr = tokens the busiest EP rank receives = T * k * load factor.
+#include <algorithm>
+#include <cmath>
+
+#include "core/constraints.hpp"
+#include "core/units.hpp"
+#include "simulator/simulator.hpp"
+
+namespace moetune::simulator {
+
+namespace {
+
+double activation_bytes(Precision p) { return p == Precision::Fp32 ? 4.0 : 2.0; }
+
+}  // namespace
+
+StageParams Simulator::stage_params(const Layout& l, std::int64_t stage) const {
+  const ModelSpec& m = model_;
+  StageParams sp;
+  const std::int64_t per_stage = m.num_hidden_layers / l.pp;
+  sp.first = stage == 0;
+  sp.last = stage == l.pp - 1;
+  double largest_unit = 0;
+  for (std::int64_t layer = stage * per_stage; layer < (stage + 1) * per_stage; ++layer) {
+    const LayerParams p = layer_params(m, layer);
+    // Split by tp: q, k, v, o (and their biases), shared expert, dense FFN. Whole on every tp rank:
+    // the two norms, the router, the q/k norms.
+    const double qk_norm = m.qk_norm ? 2.0 * static_cast<double>(m.head_dim) : 0.0;
+    const double split = static_cast<double>(p.attention) - qk_norm +
+                         static_cast<double>(p.shared_expert + p.dense_ffn);
+    const double replicated = static_cast<double>(p.norms + p.router) + qk_norm;
+    sp.tp_split += split;
+    sp.tp_replicated += replicated;
+    sp.experts += static_cast<double>(p.experts);
+    if (p.experts > 0) {
+      ++sp.moe_layers;
+    } else {
+      ++sp.dense_layers;
+    }
+    const double unit = split / l.tp + replicated + static_cast<double>(p.experts) / (l.ep * l.tp);
+    largest_unit = std::max(largest_unit, unit);
+  }
+  const double vocab_h = static_cast<double>(m.vocab_size * m.hidden_size);
+  if (sp.first) {
+    sp.tp_split += vocab_h;  // vocab-parallel embedding
+    largest_unit = std::max(largest_unit, vocab_h / l.tp);
+  }
+  if (sp.last) {
+    sp.tp_replicated += static_cast<double>(m.hidden_size);  // final norm
+    if (!m.tie_word_embeddings || !sp.first) {
+      // An untied head, or a tied one on another stage than the embedding (kept as a copy whose
+      // gradient is all-reduced with the embedding's, as Megatron does).
+      sp.tp_split += vocab_h;
+      largest_unit = std::max(largest_unit, vocab_h / l.tp);
+    }
+  }
+  sp.largest_unit = largest_unit;
+  return sp;
+}
+
+double Simulator::expert_load_factor(const Layout& l) const {
+  if (train_.moe.capacity_factor > 0) return train_.moe.capacity_factor;
+  if (l.ep <= 1) return 1.0;
+  // Dropless routing with balanced expected load: rank loads are Binomial(ep * n, 1/ep) with
+  // n = T * k token copies sent per rank; the expected maximum of ep of them is about
+  // mean + sigma * sqrt(2 ln ep). Popularity skew between experts is added by the routing model of
+  // the next issue.
+  const double n = static_cast<double>(l.micro_batch * train_.seq_len * model_.num_experts_per_tok);
+  const double ep = static_cast<double>(l.ep);
+  return 1.0 + std::sqrt(2.0 * std::log(ep)) * std::sqrt((1.0 - 1.0 / ep) / n);
+}
+
+LayerActivations Simulator::layer_activations(const Layout& l) const {
+  const ModelSpec& m = model_;
+  const double a = activation_bytes(train_.precision);
+  const double t = static_cast<double>(l.tp);
+  const double T = static_cast<double>(l.micro_batch * train_.seq_len);
+  const double h = static_cast<double>(m.hidden_size);
+  const double q = static_cast<double>(m.q_dim());
+  const double kv = static_cast<double>(m.kv_dim());
+  const double k = static_cast<double>(m.num_experts_per_tok);
+  const double Tr = T * k * expert_load_factor(l);
+  LayerActivations act;
+  act.input = a * T * h / t;
+  // RMSNorm keeps its input (the residual stream) and 1/rms in fp32; sequence parallel splits both.
+  const double norm = a * T * h / t + 4.0 * T / t;
+  act.attention = norm + a * T * h / t  // norm output, the QKV GEMM input (gathered again in bwd)
+                  + a * T * (q + 2 * kv) / t   // q, k, v after RoPE
+                  + a * T * q / t;             // attention output, the out-projection input
+  if (m.qk_norm) act.attention += a * T * (q + kv) / t;  // q/k norm inputs
+  const double heads = static_cast<double>(m.num_attention_heads) / t;
+  const double b = static_cast<double>(l.micro_batch);
+  const double s = static_cast<double>(train_.seq_len);
+  if (cluster_.device.flash_attention) {
+    act.attention += 4.0 * b * heads * s;  // log-sum-exp per query row, fp32
+  } else {
+    act.attention += a * b * heads * s * s;  // softmax probabilities
+  }
+  const double f = static_cast<double>(m.moe_intermediate_size);
+  act.moe = norm + a * T * h / t          // norm output (router and dispatch input)
+            + 4.0 * T * static_cast<double>(m.num_local_experts)  // router probabilities, fp32,
+                                                                  // for all T tokens on every tp rank
+            + 8.0 * T * k                                          // top-k indices and weights
+            + Tr * (a * h                                          // permuted expert inputs
+                    + a * 3.0 * f / t                              // w1 and w3 outputs, SwiGLU output
+                    + a * h);  // expert outputs, for the gradient of the routing weights
+  if (m.shared_expert_intermediate_size > 0) {
+    act.moe += a * T * 3.0 * static_cast<double>(m.shared_expert_intermediate_size) / t;
+  }
+  act.dense_ffn = norm + a * T * h / t + a * T * 3.0 * static_cast<double>(m.intermediate_size) / t;
+  return act;
+}
+
+MemoryBreakdown Simulator::memory(const Layout& l, double* host_bytes_per_node) const {
+  const ModelSpec& m = model_;
+  const bool fp32 = train_.precision == Precision::Fp32;
+  const double working = fp32 ? 4.0 : 2.0;  // bytes of a parameter as the GEMMs read it
+  const double a = activation_bytes(train_.precision);
+  const double hs = static_cast<double>(l.hs);
+  const LayerActivations act = layer_activations(l);
+  const double T = static_cast<double>(l.micro_batch * train_.seq_len);
+  const double h = static_cast<double>(m.hidden_size);
+  const double k = static_cast<double>(m.num_experts_per_tok);
+  const double Tr = T * k * expert_load_factor(l);
+  const double accum = static_cast<double>(grad_accum_steps(train_, l));
+
+  MemoryBreakdown worst;
+  double worst_host = 0;
+  for (std::int64_t stage = 0; stage < l.pp; ++stage) {
+    const StageParams sp = stage_params(l, stage);
+    const double local = sp.tp_split / l.tp + sp.tp_replicated + sp.experts / (l.ep * l.tp);
+    const double shard = local / hs;
+    MemoryBreakdown mem;
+    double host = 0;  // per rank
+
+    // Model state: fp32 master 4 + fp32 gradient accumulator 4 + Adam m, v 8 bytes per parameter,
+    // all sharded over hs. Without sharding the GEMMs' working copy is resident (bf16: 2 bytes;
+    // fp32: the master is the working copy). With sharding, layers are gathered on demand.
+    if (!l.optimizer_offload) {
+      mem.parameters = 4.0 * shard + ((!fp32 && l.hs == 1) ? working * local : 0.0);
+      mem.optimizer = 8.0 * shard;
+    } else {
+      // Master and Adam state live in host memory with a staging copy of the gradient shard; the
+      // device keeps the working copy (whole without sharding, its shard with sharding).
+      mem.parameters = working * (l.hs == 1 ? local : shard);
+      host += (4.0 + 8.0 + 4.0) * shard;
+    }
+    mem.gradients = 4.0 * shard;
+    if (l.hs > 1) {
+      // The layer in use and the one prefetched; and in backward the unsharded gradients of the
+      // layer being reduce-scattered while the next one is computed.
+      mem.gathered_parameters = 2.0 * working * sp.largest_unit;
+      mem.gradients += 2.0 * working * sp.largest_unit;
+    }
+
+    // Activations. 1F1B: stage i holds pp - i micro-batches; interleaving adds (pp-1)/(pp*vpp) of
+    // that (Korthikanti et al. 2022). Never more micro-batches than the step has.
+    double in_flight = static_cast<double>(l.pp - stage);
+    if (l.vpp > 1) in_flight *= 1.0 + static_cast<double>(l.pp - 1) / static_cast<double>(l.pp * l.vpp);
+    in_flight = std::min(in_flight, accum);
+    const double moe_layers = static_cast<double>(sp.moe_layers);
+    const double dense_layers = static_cast<double>(sp.dense_layers);
+    const double full_moe = act.attention + act.moe;
+    const double full_dense = act.attention + act.dense_ffn;
+    const double layers = moe_layers + dense_layers;
+    double per_layer_saved = 0;  // what one layer keeps per micro-batch
+    double stage_saved = 0;      // what the stage keeps per micro-batch
+    double working_set = 0;      // recompute: one layer's full activations during its backward
+    if (l.recompute == Recompute::None) {
+      stage_saved = moe_layers * full_moe + dense_layers * full_dense;
+      per_layer_saved = sp.moe_layers > 0 ? full_moe : full_dense;
+    } else {
+      stage_saved = layers * act.input;
+      per_layer_saved = act.input;
+      working_set = sp.moe_layers > 0 ? full_moe : full_dense;
+    }
+    double saved = in_flight * stage_saved;
+    if (l.activation_offload) {
+      // Only the layer in use and the one being fetched back stay on the device.
+      const double on_device = std::min(saved, 2.0 * per_layer_saved);
+      host += saved - on_device;
+      saved = on_device;
+    }
+    mem.activations = saved + working_set;
+    if (sp.last) {
+      // Final norm input and fp32 logits for the loss (vocab-parallel: V/t per rank); the loss
+      // gradient is written over the logits in place.
+      mem.activations += a * T * h / l.tp +
+                         4.0 * T * static_cast<double>(m.vocab_size) / static_cast<double>(l.tp);
+    }
+
+    // Communication buffers of one MoE layer at a time: tokens out and in.
+    if (sp.moe_layers > 0) {
+      if (train_.moe.dispatcher == Dispatcher::AllToAll) {
+        mem.communication_buffers = a * h * (T * k + Tr);
+      } else {  // all-gather dispatcher: every EP rank receives all tokens of its EP group
+        mem.communication_buffers = a * h * (T * static_cast<double>(l.ep) + Tr);
+      }
+    }
+    if (l.tp > 1) mem.communication_buffers += a * T * h;  // sequence gathered over tp
+
+    mem.workspace = cluster_.device.runtime_reserved_GiB * kGiB;
+    mem.fragmentation = cluster_.device.fragmentation_fraction *
+                        (mem.activations + mem.communication_buffers + mem.gathered_parameters);
+    if (mem.total() > worst.total()) worst = mem;
+    worst_host = std::max(worst_host, host);
+  }
+  if (host_bytes_per_node != nullptr) {
+    *host_bytes_per_node = worst_host * static_cast<double>(cluster_.devices_per_node);
+  }
+  return worst;
+}
+
+}  // namespace moetune::simulator

@@ -1,0 +1,70 @@
+// The simulator: predicts a layout's per-rank memory, step time, throughput, MFU and cost.
+// `Simulator` binds a model, a cluster and a training setup and precomputes everything that does not
+// depend on the layout, so the planner can evaluate many layouts cheaply.
+#pragma once
+
+#include <array>
+#include <vector>
+
+#include "core/mesh.hpp"
+#include "core/plan.hpp"
+
+namespace moetune::simulator {
+
+// Parameters of one pipeline stage, split the way sharding treats them.
+struct StageParams {
+  double tp_split = 0;       // dense parameters split by tp (attention, shared experts, dense FFNs,
+                             // embedding and LM head on their stages)
+  double tp_replicated = 0;  // dense parameters every tp rank holds whole (norms, routers, q/k norms)
+  double experts = 0;        // routed expert parameters of the stage, before ep and tp splits
+  double largest_unit = 0;   // biggest all-gather unit (a layer, or embedding / LM head), per rank
+                             // before hs, filled per layout
+  std::int64_t moe_layers = 0;
+  std::int64_t dense_layers = 0;
+  bool first = false;  // holds the embedding
+  bool last = false;   // holds the final norm, LM head and loss
+};
+
+// Activation bytes one layer saves for backward for one micro-batch on one rank.
+struct LayerActivations {
+  double attention = 0;
+  double moe = 0;        // a layer with routed experts
+  double dense_ffn = 0;  // a layer without experts
+  double input = 0;      // the layer input: all a layer keeps under full recompute
+};
+
+class Simulator {
+ public:
+  Simulator(const ModelSpec& model, const ClusterSpec& cluster, const TrainSpec& train);
+
+  const ModelSpec& model() const { return model_; }
+  const ClusterSpec& cluster() const { return cluster_; }
+  const TrainSpec& train() const { return train_; }
+
+  Prediction predict(const Layout& layout) const;
+  // Same, with the mesh's group placements already computed (the planner shares them between
+  // layouts that differ only in micro-batch, recompute or offloading).
+  Prediction predict(const Layout& layout,
+                     const std::array<GroupPlacement, kNumGroups>& placements) const;
+
+  // Pieces of the model, exposed for tests and for the time model.
+  StageParams stage_params(const Layout& layout, std::int64_t stage) const;
+  LayerActivations layer_activations(const Layout& layout) const;
+  // Expected tokens the busiest EP rank receives, as a multiple of the mean (>= 1).
+  double expert_load_factor(const Layout& layout) const;
+  // Memory of the worst rank; also returns offloaded host bytes per node.
+  MemoryBreakdown memory(const Layout& layout, double* host_bytes_per_node) const;
+  TimeBreakdown time(const Layout& layout,
+                     const std::array<GroupPlacement, kNumGroups>& placements) const;
+
+ private:
+  ModelSpec model_;
+  ClusterSpec cluster_;
+  TrainSpec train_;
+  double model_flops_per_token_ = 0;  // training, causal attention
+};
+
+// Simulates a whole plan with default settings.
+Prediction simulate(const Plan& plan);
+
+}  // namespace moetune::simulator
