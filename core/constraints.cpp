@@ -46,7 +46,6 @@ std::optional<Rejection> check_layout(const ModelSpec& m, const ClusterSpec& c, 
                                       const Layout& l) {
   auto reject = [](RejectCode code) { return std::optional<Rejection>(Rejection{code}); };
   if (l.order[0] != Axis::Tp) return reject(RejectCode::TpNotInnermost);
-  if (l.world_size() != c.world_size()) return reject(RejectCode::WorldSize);
   if (c.devices_per_node % l.tp != 0) return reject(RejectCode::TpNode);
   if (m.num_attention_heads % l.tp != 0) return reject(RejectCode::TpHeads);
   if (m.num_key_value_heads % l.tp != 0) return reject(RejectCode::TpKvHeads);
@@ -60,6 +59,7 @@ std::optional<Rejection> check_layout(const ModelSpec& m, const ClusterSpec& c, 
   if (l.vpp > 1 && l.pp == 1) return reject(RejectCode::VppWithoutPp);
   if (m.num_hidden_layers % (l.pp * l.vpp) != 0) return reject(RejectCode::VppLayers);
   if (m.num_local_experts % l.ep != 0) return reject(RejectCode::EpExperts);
+  if (l.world_size() != c.world_size()) return reject(RejectCode::WorldSize);
   if (t.global_batch % (l.micro_batch * l.dp()) != 0) return reject(RejectCode::BatchSplit);
   const std::int64_t accum = grad_accum_steps(t, l);
   if (l.pp > 1 && accum < l.pp) return reject(RejectCode::PipelineUnfilled);

@@ -10,9 +10,14 @@ namespace moetune::planner {
 
 namespace {
 
+// Whole numbers print without an exponent (Megatron parses --rotary-base as an integer).
 std::string number(double v) {
   std::ostringstream s;
-  s << v;
+  if (v == static_cast<double>(static_cast<long long>(v)) && v < 1e15 && v > -1e15) {
+    s << static_cast<long long>(v);
+  } else {
+    s << v;
+  }
   return s.str();
 }
 

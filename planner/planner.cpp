@@ -145,7 +145,11 @@ SearchResult search(const ModelSpec& model, const ClusterSpec& cluster, const Tr
         for (std::int64_t ep : choices(pins.ep, model.num_local_experts)) {
           const std::int64_t rest = world / std::max<std::int64_t>(1, tp * pp * ep);
           if (!pins.ep && world % (tp * pp * ep) != 0) continue;
-          for (std::int64_t hs : choices(pins.hs, std::max<std::int64_t>(rest, 1))) {
+          // When tp * pp * ep leaves no whole number of devices, one layout stands for all.
+          const std::vector<std::int64_t> hss =
+              world % (tp * pp * ep) == 0 ? choices(pins.hs, std::max<std::int64_t>(rest, 1))
+                                          : std::vector<std::int64_t>{pins.hs.value_or(1)};
+          for (std::int64_t hs : hss) {
             Layout l;
             l.tp = tp;
             l.pp = pp;
@@ -176,7 +180,11 @@ SearchResult search(const ModelSpec& model, const ClusterSpec& cluster, const Tr
                   static_cast<std::int64_t>(recomputes.size() * offloads.size());
               if (auto r = check_layout(model, cluster, train, l)) {
                 result.considered += per_variant;
-                reject(l, *r);
+                Layout shown = l;  // the rules ignore order, recompute and offloading
+                shown.order = pins.order ? *pins.order : kDefaultOrder;
+                shown.recompute = recomputes.front();
+                shown.optimizer_offload = offloads.front();
+                reject(shown, *r);
                 continue;
               }
               if (!orders_ready) {
