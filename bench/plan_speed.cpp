@@ -41,8 +41,8 @@ int main(int argc, char** argv) {
               seconds.front(), seconds.back());
   std::printf("simulated per second %.0f\n", static_cast<double>(result.simulated) / median);
   if (!result.ranked.empty()) {
-    std::printf("best                 %s, %.0f tokens/s\n", describe(result.ranked.front().layout).c_str(),
-                result.ranked.front().tokens_per_s);
+    std::printf("best                 %s, %.0f tokens/s\n",
+                describe(result.ranked.front().layout).c_str(), result.ranked.front().tokens_per_s);
   }
   return 0;
 }

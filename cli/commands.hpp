@@ -10,5 +10,7 @@ void register_simulate(CLI::App& app);
 void register_explain(CLI::App& app);
 void register_export(CLI::App& app);
 void register_info(CLI::App& app);
+void register_train(CLI::App& app);
+void register_data(CLI::App& app);
 
 }  // namespace moetune::cli

@@ -23,20 +23,30 @@ void add_setup_options(CLI::App& app, SetupOptions& o, bool required) {
   app.add_option("--seq", o.seq_len, "sequence length in tokens")->capture_default_str();
   app.add_option("--global-batch", o.global_batch, "sequences per optimizer step")
       ->capture_default_str();
-  app.add_option("--precision", o.precision, "fp32, bf16 or fp8 (default: bf16 on GPUs, fp32 on CPUs)")
+  app.add_option("--precision", o.precision,
+                 "fp32, bf16 or fp8 (default: bf16 on GPUs, fp32 on CPUs)")
       ->check(CLI::IsMember({"fp32", "bf16", "fp8"}));
   app.add_option("--load-balancing", o.load_balancing, "aux_loss, sinkhorn or none")
       ->check(CLI::IsMember({"aux_loss", "sinkhorn", "none"}))
       ->capture_default_str();
-  app.add_option("--aux-loss-coef", o.aux_loss_coef, "auxiliary load-balancing loss coefficient")
+  app.add_option("--aux-loss-coef", o.aux_loss_coef,
+                 "load-balancing loss coefficient (default: the model's router_aux_loss_coef)");
+  app.add_option("--z-loss-coef", o.z_loss_coef, "router z-loss coefficient")
       ->capture_default_str();
-  app.add_option("--z-loss-coef", o.z_loss_coef, "router z-loss coefficient")->capture_default_str();
   app.add_option("--capacity-factor", o.capacity_factor, "expert capacity factor (0 = dropless)")
       ->capture_default_str();
   app.add_option("--dispatcher", o.dispatcher, "alltoall or allgather")
       ->check(CLI::IsMember({"alltoall", "allgather"}))
       ->capture_default_str();
   app.add_option("--seed", o.seed, "random seed")->capture_default_str();
+  app.add_option("--lr", o.lr, "peak learning rate (default 3e-4)");
+  app.add_option("--min-lr", o.min_lr,
+                 "learning rate at the end of the cosine decay (default lr/10)");
+  app.add_option("--warmup-steps", o.warmup_steps, "linear warmup steps (default 100)");
+  app.add_option("--decay-steps", o.decay_steps,
+                 "step where the cosine decay ends (default 10000)");
+  app.add_option("--weight-decay", o.weight_decay, "AdamW weight decay (default 0.1)");
+  app.add_option("--grad-clip", o.grad_clip, "global grad-norm clip, 0 = off (default 1.0)");
 }
 
 Setup load_setup(const SetupOptions& o) {
@@ -48,12 +58,29 @@ Setup load_setup(const SetupOptions& o) {
   if (o.capacity_factor < 0) throw InputError("--capacity-factor must be 0 (dropless) or positive");
   s.train.seq_len = o.seq_len;
   s.train.global_batch = o.global_batch;
-  s.train.precision = o.precision.empty()
-                          ? (s.cluster.device.kind == DeviceKind::Cpu ? Precision::Fp32
-                                                                      : Precision::Bf16)
-                          : parse_precision(o.precision);
+  s.train.precision =
+      o.precision.empty()
+          ? (s.cluster.device.kind == DeviceKind::Cpu ? Precision::Fp32 : Precision::Bf16)
+          : parse_precision(o.precision);
   s.train.moe.load_balancing = parse_load_balancing(o.load_balancing);
-  s.train.moe.aux_loss_coef = o.aux_loss_coef;
+  s.train.moe.aux_loss_coef = o.aux_loss_coef.value_or(s.model.router_aux_loss_coef);
+  if (s.train.moe.aux_loss_coef < 0) throw InputError("--aux-loss-coef must not be negative");
+  OptimizerSpec& opt = s.train.optimizer;
+  if (o.lr) opt.lr = *o.lr;
+  opt.min_lr = o.min_lr.value_or(opt.lr / 10.0);
+  if (o.warmup_steps) opt.warmup_steps = *o.warmup_steps;
+  if (o.decay_steps) opt.decay_steps = *o.decay_steps;
+  if (o.weight_decay) opt.weight_decay = *o.weight_decay;
+  if (o.grad_clip) opt.grad_clip = *o.grad_clip;
+  if (opt.lr <= 0 || opt.min_lr < 0 || opt.min_lr > opt.lr) {
+    throw InputError("--lr must be positive and --min-lr in [0, lr]");
+  }
+  if (opt.warmup_steps < 0 || opt.decay_steps < 1) {
+    throw InputError("--warmup-steps must be >= 0 and --decay-steps >= 1");
+  }
+  if (opt.weight_decay < 0 || opt.grad_clip < 0) {
+    throw InputError("--weight-decay and --grad-clip must not be negative");
+  }
   s.train.moe.z_loss_coef = o.z_loss_coef;
   s.train.moe.capacity_factor = o.capacity_factor;
   s.train.moe.dispatcher = parse_dispatcher(o.dispatcher);
@@ -61,8 +88,22 @@ Setup load_setup(const SetupOptions& o) {
   return s;
 }
 
+CLI::Validator at_least_one() {
+  return CLI::Validator(
+      [](std::string& value) -> std::string {
+        try {
+          std::size_t used = 0;
+          const long long n = std::stoll(value, &used);
+          if (used == value.size() && n >= 1) return {};
+        } catch (const std::exception&) {
+        }
+        return "must be a whole number, at least 1, got " + value;
+      },
+      "INT>=1");
+}
+
 void add_layout_options(CLI::App& app, LayoutOptions& o) {
-  auto positive = CLI::PositiveNumber;
+  const CLI::Validator positive = at_least_one();
   app.add_option("--tp", o.tp, "tensor-parallel degree")->check(positive);
   app.add_option("--pp", o.pp, "pipeline stages")->check(positive);
   app.add_option("--vpp", o.vpp, "virtual stages per pipeline rank")->check(positive);
@@ -72,9 +113,11 @@ void add_layout_options(CLI::App& app, LayoutOptions& o) {
   app.add_option("--micro-batch", o.micro_batch, "sequences per micro-batch")->check(positive);
   app.add_option("--recompute", o.recompute, "activation recompute: none or full")
       ->check(CLI::IsMember({"none", "full"}));
-  app.add_option("--optimizer-offload", o.optimizer_offload, "optimizer state in host memory: on or off")
+  app.add_option("--optimizer-offload", o.optimizer_offload,
+                 "optimizer state in host memory: on or off")
       ->check(CLI::IsMember({"on", "off"}));
-  app.add_option("--activation-offload", o.activation_offload, "saved activations in host memory: on or off")
+  app.add_option("--activation-offload", o.activation_offload,
+                 "saved activations in host memory: on or off")
       ->check(CLI::IsMember({"on", "off"}));
 }
 
@@ -168,7 +211,8 @@ Json prediction_json(const Layout& l, const Prediction& p) {
   j["hs"] = l.hs;
   j["rep"] = l.rep;
   Json order = Json::array();
-  for (Axis a : l.order) order.push_back(to_string(a));
+  for (Axis a : l.order)
+    order.push_back(to_string(a));
   j["order"] = order;
   j["micro_batch"] = l.micro_batch;
   j["recompute"] = to_string(l.recompute);

@@ -22,11 +22,14 @@ struct SetupOptions {
   std::int64_t global_batch = 128;
   std::string precision;  // default: bf16 on GPUs, fp32 on CPUs
   std::string load_balancing = "aux_loss";
-  double aux_loss_coef = 0.01;
+  std::optional<double> aux_loss_coef;  // default: the model's router_aux_loss_coef
   double z_loss_coef = 0.0;
   double capacity_factor = 0.0;
   std::string dispatcher = "alltoall";
   std::uint64_t seed = 1234;
+  // AdamW and its schedule; unset values keep TrainSpec's defaults.
+  std::optional<double> lr, min_lr, weight_decay, grad_clip;
+  std::optional<std::int64_t> warmup_steps, decay_steps;
 };
 
 struct Setup {
@@ -48,6 +51,10 @@ void add_layout_options(CLI::App& app, LayoutOptions& options);
 planner::Pins to_pins(const LayoutOptions& options);
 // A whole layout: unset degrees default to 1 except hs, which takes what is left (rep = 1).
 Layout to_layout(const LayoutOptions& options, const ClusterSpec& cluster);
+
+// Accepts whole numbers >= 1 and says so when a value is not ("must be a whole number, at least 1,
+// got 0").
+CLI::Validator at_least_one();
 
 std::string format_gib(double bytes);
 std::string format_count(double n);  // 46.7B, 12.9M

@@ -57,10 +57,12 @@ void run(const ExplainOptions& o) {
               static_cast<long long>(r.considered), static_cast<long long>(r.simulated),
               static_cast<long long>(r.fitting));
   std::map<std::string, std::int64_t> by_rule;
-  for (const auto& rej : r.rejected) ++by_rule[to_string(rej.rejection.code)];
+  for (const auto& rej : r.rejected)
+    ++by_rule[to_string(rej.rejection.code)];
   if (!too_big.empty()) by_rule["does_not_fit"] = static_cast<std::int64_t>(too_big.size());
   std::printf("rejections by rule:\n");
-  for (const auto& [rule, n] : by_rule) std::printf("  %-20s %lld\n", rule.c_str(), static_cast<long long>(n));
+  for (const auto& [rule, n] : by_rule)
+    std::printf("  %-20s %lld\n", rule.c_str(), static_cast<long long>(n));
   std::printf("\nbroke a rule (every mesh order, recompute and offload choice alike):\n");
   for (const auto& rej : r.rejected) {
     std::printf("  %s: %s\n", describe(rej.layout).c_str(),

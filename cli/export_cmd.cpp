@@ -22,7 +22,8 @@ void run(const ExportOptions& o) {
   const Plan plan = read_plan_file(o.plan);
   const planner::Export e =
       o.format == "megatron" ? planner::export_megatron(plan) : planner::export_smp(plan);
-  for (const auto& note : e.notes) std::cerr << "moetune: note: " << note << "\n";
+  for (const auto& note : e.notes)
+    std::cerr << "moetune: note: " << note << "\n";
   if (o.out.empty()) {
     std::cout << e.text;
   } else {
@@ -34,7 +35,8 @@ void run(const ExportOptions& o) {
 
 void register_export(CLI::App& app) {
   auto o = std::make_shared<ExportOptions>();
-  CLI::App* cmd = app.add_subcommand("export", "write a plan as Megatron-LM arguments or SMP v2 JSON");
+  CLI::App* cmd =
+      app.add_subcommand("export", "write a plan as Megatron-LM arguments or SMP v2 JSON");
   cmd->add_option("--plan", o->plan, "plan.json")->required();
   cmd->add_option("--format", o->format, "megatron or smp")
       ->required()

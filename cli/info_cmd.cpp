@@ -45,10 +45,10 @@ void run(const InfoOptions& o) {
               format_count(c.dense).c_str(), format_count(c.embedding).c_str(),
               format_count(c.lm_head).c_str(), format_count(c.attention).c_str(),
               format_count(c.router).c_str(), format_count(c.expert).c_str());
-  std::printf("  training FLOPs per token at seq %lld: %.3g (causal attention), %.3g (full "
-              "attention); GEMMs alone %.3g\n",
-              static_cast<long long>(o.seq_len), causal.training(), full.training(),
-              3 * causal.gemm);
+  std::printf(
+      "  training FLOPs per token at seq %lld: %.3g (causal attention), %.3g (full "
+      "attention); GEMMs alone %.3g\n",
+      static_cast<long long>(o.seq_len), causal.training(), full.training(), 3 * causal.gemm);
 }
 
 }  // namespace
@@ -57,7 +57,9 @@ void register_info(CLI::App& app) {
   auto o = std::make_shared<InfoOptions>();
   CLI::App* cmd = app.add_subcommand("info", "parameter counts and FLOPs per token of a model");
   cmd->add_option("--model", o->model, "model preset name or JSON/config.json path")->required();
-  cmd->add_option("--seq", o->seq_len, "sequence length")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--seq", o->seq_len, "sequence length")
+      ->check(at_least_one())
+      ->capture_default_str();
   cmd->add_flag("--json", o->json, "print JSON");
   cmd->callback([o] { run(*o); });
 }

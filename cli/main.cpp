@@ -15,6 +15,8 @@ int main(int argc, char** argv) {
   moetune::cli::register_explain(app);
   moetune::cli::register_export(app);
   moetune::cli::register_info(app);
+  moetune::cli::register_train(app);
+  moetune::cli::register_data(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -39,13 +39,13 @@ void print_table(const Setup& s, const planner::SearchResult& r, int top) {
     std::string offload = l.optimizer_offload ? "opt" : "-";
     if (l.activation_offload) offload += "+act";
     std::string mem = format_gib(c.peak_memory_bytes) + (c.fits ? "" : "!");
-    std::printf("%-3d %3lld %4s %3lld %4lld %4lld  %-17s %3lld %-7s %-7s %9s %10s %9s %5.1f%% %9.0f %s\n",
-                ++shown, static_cast<long long>(l.tp), pp.c_str(), static_cast<long long>(l.ep),
-                static_cast<long long>(l.hs), static_cast<long long>(l.rep), order.c_str(),
-                static_cast<long long>(l.micro_batch), to_string(l.recompute).c_str(),
-                offload.c_str(), mem.c_str(), format_seconds(c.step_time_s).c_str(),
-                format_rate(c.tokens_per_s).c_str(), 100.0 * c.mfu, c.cost_per_billion_tokens_usd,
-                c.pareto ? "*" : "");
+    std::printf(
+        "%-3d %3lld %4s %3lld %4lld %4lld  %-17s %3lld %-7s %-7s %9s %10s %9s %5.1f%% %9.0f %s\n",
+        ++shown, static_cast<long long>(l.tp), pp.c_str(), static_cast<long long>(l.ep),
+        static_cast<long long>(l.hs), static_cast<long long>(l.rep), order.c_str(),
+        static_cast<long long>(l.micro_batch), to_string(l.recompute).c_str(), offload.c_str(),
+        mem.c_str(), format_seconds(c.step_time_s).c_str(), format_rate(c.tokens_per_s).c_str(),
+        100.0 * c.mfu, c.cost_per_billion_tokens_usd, c.pareto ? "*" : "");
   }
   (void)s;
 }
@@ -61,14 +61,16 @@ void print_fit_advice(const Setup& s, const PlanOptions& o, const planner::Searc
       continue;
     }
     plain_fits = plain_fits || c.fits;
-    if (best_plain == nullptr || c.peak_memory_bytes < best_plain->peak_memory_bytes) best_plain = &c;
+    if (best_plain == nullptr || c.peak_memory_bytes < best_plain->peak_memory_bytes)
+      best_plain = &c;
   }
   if (plain_fits || best_plain == nullptr) return;
   const double capacity = s.cluster.device.memory_bytes();
-  std::printf("\nWithout optimizer offload nothing fits: the leanest layout (%s) needs %s GiB of "
-              "%s GiB per device.\n",
-              describe(best_plain->layout).c_str(), format_gib(best_plain->peak_memory_bytes).c_str(),
-              format_gib(capacity).c_str());
+  std::printf(
+      "\nWithout optimizer offload nothing fits: the leanest layout (%s) needs %s GiB of "
+      "%s GiB per device.\n",
+      describe(best_plain->layout).c_str(), format_gib(best_plain->peak_memory_bytes).c_str(),
+      format_gib(capacity).c_str());
   if (offload_fitting > 0) {
     std::printf("With optimizer offload to host memory, %lld layouts fit (marked opt above).\n",
                 static_cast<long long>(offload_fitting));
@@ -83,11 +85,12 @@ void print_fit_advice(const Setup& s, const PlanOptions& o, const planner::Searc
     planner::SearchResult more = planner::search(s.model, bigger, s.train, so);
     if (!more.ranked.empty() && more.ranked.front().fits) {
       const auto& c = more.ranked.front();
-      std::printf("Without offloading, the first node count that fits is %lld nodes (%lld "
-                  "devices): best %s at %s GiB, %s tokens/s.\n",
-                  static_cast<long long>(nodes), static_cast<long long>(bigger.world_size()),
-                  describe(c.layout).c_str(), format_gib(c.peak_memory_bytes).c_str(),
-                  format_rate(c.tokens_per_s).c_str());
+      std::printf(
+          "Without offloading, the first node count that fits is %lld nodes (%lld "
+          "devices): best %s at %s GiB, %s tokens/s.\n",
+          static_cast<long long>(nodes), static_cast<long long>(bigger.world_size()),
+          describe(c.layout).c_str(), format_gib(c.peak_memory_bytes).c_str(),
+          format_rate(c.tokens_per_s).c_str());
       return;
     }
   }
@@ -125,12 +128,12 @@ void run(const PlanOptions& o) {
     std::cout << j.dump(2) << "\n";
   } else {
     std::printf("moetune plan: %s\n", describe_setup(s).c_str());
-    std::printf("%lld layouts considered: %lld broke a rule, %lld simulated, %lld fit "
-                "(objective: %s; * = Pareto front of throughput vs memory; ! = does not fit)\n\n",
-                static_cast<long long>(r.considered),
-                static_cast<long long>(r.considered - r.simulated),
-                static_cast<long long>(r.simulated), static_cast<long long>(r.fitting),
-                o.objective.c_str());
+    std::printf(
+        "%lld layouts considered: %lld broke a rule, %lld simulated, %lld fit "
+        "(objective: %s; * = Pareto front of throughput vs memory; ! = does not fit)\n\n",
+        static_cast<long long>(r.considered), static_cast<long long>(r.considered - r.simulated),
+        static_cast<long long>(r.simulated), static_cast<long long>(r.fitting),
+        o.objective.c_str());
     if (r.ranked.empty()) {
       std::printf("No layout passes the rules; run `moetune explain` with the same options.\n");
     } else {
@@ -142,7 +145,8 @@ void run(const PlanOptions& o) {
     if (r.ranked.empty() || !r.ranked.front().fits) {
       throw InputError("no layout fits, so no plan was written to " + o.out);
     }
-    write_plan_file(o.out, planner::make_plan(s.model, s.cluster, s.train, r.ranked.front().layout));
+    write_plan_file(o.out,
+                    planner::make_plan(s.model, s.cluster, s.train, r.ranked.front().layout));
     if (!o.json) std::printf("\nwrote the best plan to %s\n", o.out.c_str());
   }
 }
@@ -157,7 +161,7 @@ void register_plan(CLI::App& app) {
   cmd->add_option("--objective", o->objective, "throughput, cost or memory")
       ->check(CLI::IsMember({"throughput", "cost", "memory"}))
       ->capture_default_str();
-  cmd->add_option("--top", o->top, "layouts to show")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--top", o->top, "layouts to show")->check(at_least_one())->capture_default_str();
   cmd->add_flag("--json", o->json, "print JSON instead of a table");
   cmd->add_option("--out", o->out, "write the best plan to this plan.json");
   cmd->callback([o] { run(*o); });

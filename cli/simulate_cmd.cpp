@@ -27,14 +27,10 @@ void print_prediction(const Plan& plan, const Prediction& p) {
               format_gib(p.device_memory_bytes).c_str(),
               p.fits ? "fits" : ("does not fit: " + p.reason).c_str());
   const std::pair<const char*, double> mem_rows[] = {
-      {"parameters", m.parameters},
-      {"gradients", m.gradients},
-      {"optimizer", m.optimizer},
-      {"gathered parameters", m.gathered_parameters},
-      {"activations", m.activations},
-      {"communication buffers", m.communication_buffers},
-      {"workspace", m.workspace},
-      {"fragmentation", m.fragmentation}};
+      {"parameters", m.parameters},   {"gradients", m.gradients},
+      {"optimizer", m.optimizer},     {"gathered parameters", m.gathered_parameters},
+      {"activations", m.activations}, {"communication buffers", m.communication_buffers},
+      {"workspace", m.workspace},     {"fragmentation", m.fragmentation}};
   for (const auto& [name, bytes] : mem_rows) {
     std::printf("  %-22s %8s GiB\n", name, format_gib(bytes).c_str());
   }
@@ -44,14 +40,19 @@ void print_prediction(const Plan& plan, const Prediction& p) {
   }
   const TimeBreakdown& t = p.time;
   std::printf("step time: %s\n", format_seconds(p.step_time_s).c_str());
-  const std::pair<const char*, double> time_rows[] = {
-      {"attention", t.attention},   {"router", t.router},
-      {"dispatch", t.dispatch},     {"experts", t.experts},
-      {"combine", t.combine},       {"lm_head", t.lm_head},
-      {"recompute", t.recompute},   {"all_gather", t.all_gather},
-      {"reduce_scatter", t.reduce_scatter}, {"all_reduce", t.all_reduce},
-      {"pipeline", t.pipeline},     {"optimizer", t.optimizer},
-      {"offload", t.offload}};
+  const std::pair<const char*, double> time_rows[] = {{"attention", t.attention},
+                                                      {"router", t.router},
+                                                      {"dispatch", t.dispatch},
+                                                      {"experts", t.experts},
+                                                      {"combine", t.combine},
+                                                      {"lm_head", t.lm_head},
+                                                      {"recompute", t.recompute},
+                                                      {"all_gather", t.all_gather},
+                                                      {"reduce_scatter", t.reduce_scatter},
+                                                      {"all_reduce", t.all_reduce},
+                                                      {"pipeline", t.pipeline},
+                                                      {"optimizer", t.optimizer},
+                                                      {"offload", t.offload}};
   for (const auto& [name, seconds] : time_rows) {
     if (seconds > 0) std::printf("  %-22s %10s\n", name, format_seconds(seconds).c_str());
   }
@@ -96,7 +97,8 @@ void run(const SimulateOptions& o) {
 
 void register_simulate(CLI::App& app) {
   auto o = std::make_shared<SimulateOptions>();
-  CLI::App* cmd = app.add_subcommand("simulate", "predict memory, step time, MFU and cost of one layout");
+  CLI::App* cmd =
+      app.add_subcommand("simulate", "predict memory, step time, MFU and cost of one layout");
   cmd->add_option("--plan", o->plan, "a plan.json to simulate");
   add_setup_options(*cmd, o->setup, false);
   add_layout_options(*cmd, o->layout);

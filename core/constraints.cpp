@@ -29,7 +29,8 @@ std::string valid_divisors(std::int64_t n, std::initializer_list<std::int64_t> a
   std::vector<std::int64_t> out;
   for (std::int64_t d : divisors(n)) {
     bool ok = true;
-    for (std::int64_t a : also) ok = ok && a % d == 0;
+    for (std::int64_t a : also)
+      ok = ok && a % d == 0;
     if (ok) out.push_back(d);
   }
   return set_of(out);
@@ -79,9 +80,9 @@ std::string explain(Rejection rejection, const ModelSpec& m, const ClusterSpec& 
   std::ostringstream s;
   switch (rejection.code) {
     case RejectCode::WorldSize:
-      s << "tp*pp*ep*hs*rep = " << l.tp << "*" << l.pp << "*" << l.ep << "*" << l.hs << "*"
-        << l.rep << " = " << l.world_size() << " but the cluster has " << c.world_size()
-        << " devices (" << c.nodes << " nodes x " << c.devices_per_node << ")";
+      s << "tp*pp*ep*hs*rep = " << l.tp << "*" << l.pp << "*" << l.ep << "*" << l.hs << "*" << l.rep
+        << " = " << l.world_size() << " but the cluster has " << c.world_size() << " devices ("
+        << c.nodes << " nodes x " << c.devices_per_node << ")";
       break;
     case RejectCode::TpNode:
       s << "tp=" << l.tp << " does not divide " << c.devices_per_node

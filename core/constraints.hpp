@@ -1,6 +1,6 @@
 // The layout rules, checked in one place. The planner uses them to prune the search (cheaply: a
-// rejection is a code, its sentence is written only when someone asks), and the executor re-checks a
-// plan it is given with the same function, so both refuse a layout for the same reason.
+// rejection is a code, its sentence is written only when someone asks), and the executor re-checks
+// a plan it is given with the same function, so both refuse a layout for the same reason.
 #pragma once
 
 #include <cstdint>

@@ -8,7 +8,8 @@
 
 namespace moetune {
 
-// Bad input from a person or a file. The message says what is wrong, where, and what would be valid.
+// Bad input from a person or a file. The message says what is wrong, where, and what would be
+// valid.
 class InputError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
@@ -25,7 +26,7 @@ class InternalError : public std::logic_error {
 }  // namespace moetune
 
 // Cheap invariant checks, kept in release builds.
-#define MOETUNE_CHECK(cond, what)                                   \
-  do {                                                              \
+#define MOETUNE_CHECK(cond, what)                                          \
+  do {                                                                     \
     if (!(cond)) ::moetune::fail_check(#cond, __FILE__, __LINE__, (what)); \
   } while (0)

@@ -6,7 +6,9 @@
 
 namespace moetune {
 
-double HardwareProfile::memory_bytes() const { return memory_GiB * kGiB; }
+double HardwareProfile::memory_bytes() const {
+  return memory_GiB * kGiB;
+}
 
 double HardwareProfile::peak_flops(Precision precision) const {
   switch (precision) {
@@ -21,7 +23,9 @@ double HardwareProfile::peak_flops(Precision precision) const {
   return peak_tflops_bf16 * 1e12;
 }
 
-std::string to_string(DeviceKind kind) { return kind == DeviceKind::Gpu ? "gpu" : "cpu"; }
+std::string to_string(DeviceKind kind) {
+  return kind == DeviceKind::Gpu ? "gpu" : "cpu";
+}
 
 std::string to_string(Precision precision) {
   switch (precision) {
@@ -75,7 +79,8 @@ std::map<std::string, std::string> read_sources(JsonObjectReader& r) {
 
 Json sources_json(const std::map<std::string, std::string>& sources) {
   Json j = Json::object();
-  for (const auto& [k, v] : sources) j[k] = v;
+  for (const auto& [k, v] : sources)
+    j[k] = v;
   return j;
 }
 

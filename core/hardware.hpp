@@ -1,5 +1,5 @@
-// HardwareProfile (one device kind) and ClusterSpec (nodes of such devices, their fabrics and price).
-// Every figure carries its public source in `sources`, keyed by the field's path.
+// HardwareProfile (one device kind) and ClusterSpec (nodes of such devices, their fabrics and
+// price). Every figure carries its public source in `sources`, keyed by the field's path.
 #pragma once
 
 #include <cstdint>
@@ -54,7 +54,9 @@ struct InterNode {
   double latency_us = 0;
   bool operator==(const InterNode&) const = default;
   // Achievable bytes/s a node can send (and receive) over the network.
-  double node_bandwidth_Bps() const { return nics_per_node * nic_bandwidth_GBps * efficiency * 1e9; }
+  double node_bandwidth_Bps() const {
+    return nics_per_node * nic_bandwidth_GBps * efficiency * 1e9;
+  }
 };
 
 struct HostSpec {

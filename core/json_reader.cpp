@@ -30,7 +30,9 @@ JsonObjectReader::JsonObjectReader(const Json& json, std::string path)
   }
 }
 
-bool JsonObjectReader::has(std::string_view key) const { return json_.contains(std::string(key)); }
+bool JsonObjectReader::has(std::string_view key) const {
+  return json_.contains(std::string(key));
+}
 
 std::string JsonObjectReader::key_path(std::string_view key) const {
   return path_.empty() ? std::string(key) : path_ + "." + std::string(key);
@@ -89,7 +91,8 @@ std::string JsonObjectReader::get_enum(std::string_view key,
     if (a == value) return value;
   }
   std::string list;
-  for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+  for (const auto& a : allowed)
+    list += (list.empty() ? "" : ", ") + a;
   fail(key, "\"" + value + "\" is not one of {" + list + "}");
 }
 
@@ -114,12 +117,15 @@ JsonObjectReader JsonObjectReader::get_object(std::string_view key) {
   return JsonObjectReader(require(key), key_path(key));
 }
 
-const Json& JsonObjectReader::get_raw(std::string_view key) { return require(key); }
+const Json& JsonObjectReader::get_raw(std::string_view key) {
+  return require(key);
+}
 
 void JsonObjectReader::expect_schema_version() {
   std::int64_t v = get_int("schema_version", 0, 1 << 20);
   if (v != kSchemaVersion) {
-    fail("schema_version", "version " + std::to_string(v) + " is not supported; this moetune reads " +
+    fail("schema_version", "version " + std::to_string(v) +
+                               " is not supported; this moetune reads " +
                                std::to_string(kSchemaVersion));
   }
 }
@@ -128,7 +134,8 @@ void JsonObjectReader::finish() const {
   for (auto it = json_.begin(); it != json_.end(); ++it) {
     if (read_.count(it.key()) == 0) {
       std::string known;
-      for (const auto& k : read_) known += (known.empty() ? "" : ", ") + k;
+      for (const auto& k : read_)
+        known += (known.empty() ? "" : ", ") + k;
       throw InputError(key_path(it.key()) + ": unknown key; known keys: " + known);
     }
   }

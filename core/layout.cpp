@@ -47,7 +47,9 @@ Axis parse_axis(const std::string& text) {
   throw InputError("mesh axis \"" + text + "\" is not one of {tp, ep, hs, rep, pp}");
 }
 
-std::string to_string(Recompute r) { return r == Recompute::None ? "none" : "full"; }
+std::string to_string(Recompute r) {
+  return r == Recompute::None ? "none" : "full";
+}
 
 Recompute parse_recompute(const std::string& text) {
   if (text == "none") return Recompute::None;
@@ -57,7 +59,8 @@ Recompute parse_recompute(const std::string& text) {
 
 std::string order_to_string(const MeshOrder& order) {
   std::string out;
-  for (Axis a : order) out += (out.empty() ? "" : ",") + to_string(a);
+  for (Axis a : order)
+    out += (out.empty() ? "" : ",") + to_string(a);
   return out;
 }
 
@@ -119,7 +122,8 @@ Json to_json(const Layout& l) {
   j["hs"] = l.hs;
   j["rep"] = l.rep;
   Json order = Json::array();
-  for (Axis a : l.order) order.push_back(to_string(a));
+  for (Axis a : l.order)
+    order.push_back(to_string(a));
   j["order"] = order;
   j["micro_batch"] = l.micro_batch;
   j["recompute"] = to_string(l.recompute);
@@ -139,7 +143,8 @@ Layout layout_from_json(JsonObjectReader r) {
   l.rep = r.get_int("rep", 1, kMax);
   const Json& order = r.get_raw("order");
   if (!order.is_array() || order.size() != kNumAxes) {
-    r.fail("order", "expected the five axes, innermost first, e.g. [\"tp\",\"ep\",\"hs\",\"rep\",\"pp\"]");
+    r.fail("order",
+           "expected the five axes, innermost first, e.g. [\"tp\",\"ep\",\"hs\",\"rep\",\"pp\"]");
   }
   std::string text;
   for (const auto& a : order) {

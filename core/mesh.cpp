@@ -59,7 +59,8 @@ Mesh::Mesh(const Layout& layout, std::int64_t devices_per_node)
 Coords Mesh::coords(std::int64_t rank) const {
   MOETUNE_CHECK(rank >= 0 && rank < world_size_, "rank out of range");
   Coords c{};
-  for (std::size_t i = 0; i < kNumAxes; ++i) c[i] = (rank / stride_[i]) % degree_[i];
+  for (std::size_t i = 0; i < kNumAxes; ++i)
+    c[i] = (rank / stride_[i]) % degree_[i];
   return c;
 }
 
@@ -136,7 +137,8 @@ std::vector<std::vector<std::int64_t>> Mesh::groups(Group group) const {
   for (std::int64_t r = 0; r < world_size_; ++r) {
     Coords c = coords(r);
     bool leader = true;
-    for (std::size_t i = 0; i < kNumAxes; ++i) leader = leader && (!in[i] || c[i] == 0);
+    for (std::size_t i = 0; i < kNumAxes; ++i)
+      leader = leader && (!in[i] || c[i] == 0);
     if (leader) out.push_back(group_ranks(group, r));
   }
   return out;
@@ -170,12 +172,14 @@ GroupPlacement Mesh::placement_by_enumeration(Group group) const {
   std::vector<std::int64_t> nodes;
   for (const auto& members : groups(group)) {
     nodes.clear();
-    for (std::int64_t r : members) nodes.push_back(node_of(r));
+    for (std::int64_t r : members)
+      nodes.push_back(node_of(r));
     std::sort(nodes.begin(), nodes.end());
     std::int64_t spanned = 0;
     for (std::size_t i = 0; i < nodes.size();) {
       std::size_t j = i;
-      while (j < nodes.size() && nodes[j] == nodes[i]) ++j;
+      while (j < nodes.size() && nodes[j] == nodes[i])
+        ++j;
       const auto run = static_cast<std::int64_t>(j - i);
       p.max_ranks_per_node = std::max(p.max_ranks_per_node, run);
       p.min_ranks_per_node = std::min(p.min_ranks_per_node, run);
@@ -191,7 +195,8 @@ GroupPlacement Mesh::placement_by_enumeration(Group group) const {
 
 std::array<GroupPlacement, kNumGroups> Mesh::placements() const {
   std::array<GroupPlacement, kNumGroups> out;
-  for (Group g : kAllGroups) out[static_cast<std::size_t>(g)] = placement(g);
+  for (Group g : kAllGroups)
+    out[static_cast<std::size_t>(g)] = placement(g);
   return out;
 }
 

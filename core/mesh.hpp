@@ -23,9 +23,13 @@ enum class Group : std::uint8_t {
   DataParallel,     // ep x hs x rep: ranks that read different micro-batches
 };
 inline constexpr int kNumGroups = 7;
-inline constexpr std::array<Group, kNumGroups> kAllGroups = {
-    Group::Tp,           Group::Ep, Group::Hs, Group::Pp, Group::DenseReplicate,
-    Group::ExpertReplicate, Group::DataParallel};
+inline constexpr std::array<Group, kNumGroups> kAllGroups = {Group::Tp,
+                                                             Group::Ep,
+                                                             Group::Hs,
+                                                             Group::Pp,
+                                                             Group::DenseReplicate,
+                                                             Group::ExpertReplicate,
+                                                             Group::DataParallel};
 
 std::string to_string(Group group);
 
@@ -55,8 +59,8 @@ class Mesh {
   std::vector<std::int64_t> group_ranks(Group group, std::int64_t rank) const;
   // Every group of a kind, each as its rank list; together they partition the world.
   std::vector<std::vector<std::int64_t>> groups(Group group) const;
-  // Closed form when node boundaries fall on axis boundaries (every axis either stays inside a node,
-  // crosses nodes with every step, or splits cleanly); otherwise counted rank by rank.
+  // Closed form when node boundaries fall on axis boundaries (every axis either stays inside a
+  // node, crosses nodes with every step, or splits cleanly); otherwise counted rank by rank.
   GroupPlacement placement(Group group) const;
   GroupPlacement placement_by_enumeration(Group group) const;
   std::array<GroupPlacement, kNumGroups> placements() const;

@@ -1,5 +1,5 @@
-// ModelSpec: JSON forms (moetune's strict format and Hugging Face config.json), parameter counts and
-// FLOPs per token.
+// ModelSpec: JSON forms (moetune's strict format and Hugging Face config.json), parameter counts
+// and FLOPs per token.
 #include "core/model_spec.hpp"
 
 #include <algorithm>
@@ -25,7 +25,8 @@ bool ModelSpec::is_moe_layer(std::int64_t layer) const {
 
 std::int64_t ModelSpec::num_moe_layers() const {
   std::int64_t n = 0;
-  for (std::int64_t l = 0; l < num_hidden_layers; ++l) n += is_moe_layer(l) ? 1 : 0;
+  for (std::int64_t l = 0; l < num_hidden_layers; ++l)
+    n += is_moe_layer(l) ? 1 : 0;
   return n;
 }
 
@@ -88,8 +89,8 @@ TokenFlops flops_per_token(const ModelSpec& m, std::int64_t seq_len, AttentionFl
   const double keys = mean_attended_keys(m, seq_len, convention);
   for (std::int64_t l = 0; l < m.num_hidden_layers; ++l) {
     LayerParams p = layer_params(m, l);
-    double gemm_params = static_cast<double>(m.hidden_size * m.q_dim() * 2 +
-                                             m.hidden_size * m.kv_dim() * 2);
+    double gemm_params =
+        static_cast<double>(m.hidden_size * m.q_dim() * 2 + m.hidden_size * m.kv_dim() * 2);
     gemm_params += static_cast<double>(p.router + p.shared_expert + p.dense_ffn);
     gemm_params += static_cast<double>(m.num_experts_per_tok * p.expert_each);
     f.gemm += 2.0 * gemm_params;
@@ -150,6 +151,36 @@ Json to_json(const ModelSpec& m) {
   return j;
 }
 
+Json to_hf_config(const ModelSpec& m) {
+  if (m.family != ModelFamily::Mixtral) {
+    throw InputError(m.name + ": only Mixtral models are written as a Hugging Face config");
+  }
+  Json j;
+  j["architectures"] = Json::array({"MixtralForCausalLM"});
+  j["model_type"] = "mixtral";
+  j["vocab_size"] = m.vocab_size;
+  j["hidden_size"] = m.hidden_size;
+  j["intermediate_size"] = m.moe_intermediate_size;
+  j["num_hidden_layers"] = m.num_hidden_layers;
+  j["num_attention_heads"] = m.num_attention_heads;
+  j["num_key_value_heads"] = m.num_key_value_heads;
+  j["head_dim"] = m.head_dim;
+  j["num_local_experts"] = m.num_local_experts;
+  j["num_experts_per_tok"] = m.num_experts_per_tok;
+  j["max_position_embeddings"] = m.max_position_embeddings;
+  j["rope_theta"] = m.rope_theta;
+  j["rms_norm_eps"] = m.rms_norm_eps;
+  j["sliding_window"] = m.sliding_window > 0 ? Json(m.sliding_window) : Json(nullptr);
+  j["tie_word_embeddings"] = m.tie_word_embeddings;
+  j["router_aux_loss_coef"] = m.router_aux_loss_coef;
+  j["hidden_act"] = "silu";
+  j["attention_dropout"] = 0.0;
+  j["router_jitter_noise"] = 0.0;
+  j["output_router_logits"] = false;
+  j["torch_dtype"] = "float32";
+  return j;
+}
+
 ModelSpec model_from_json(JsonObjectReader r) {
   r.expect_schema_version();
   ModelSpec m;
@@ -207,11 +238,14 @@ namespace {
 // Keys of published config.json files that do not change the architecture or the training cost.
 const std::set<std::string>& hf_ignored_keys() {
   static const std::set<std::string> keys = {
-      "_name_or_path", "architectures", "auto_map", "model_type", "torch_dtype", "dtype",
-      "transformers_version", "use_cache", "bos_token_id", "eos_token_id", "pad_token_id",
-      "initializer_range", "attention_dropout", "hidden_act", "output_router_logits",
-      "router_jitter_noise", "rope_scaling", "max_window_layers", "use_sliding_window",
-      "tokenizer_class", "quantization_config", "layer_types", "rope_parameters"};
+      "_name_or_path",        "architectures",   "auto_map",
+      "model_type",           "torch_dtype",     "dtype",
+      "transformers_version", "use_cache",       "bos_token_id",
+      "eos_token_id",         "pad_token_id",    "initializer_range",
+      "attention_dropout",    "hidden_act",      "output_router_logits",
+      "router_jitter_noise",  "rope_scaling",    "max_window_layers",
+      "use_sliding_window",   "tokenizer_class", "quantization_config",
+      "layer_types",          "rope_parameters"};
   return keys;
 }
 
@@ -257,6 +291,17 @@ ModelSpec model_from_hf_config(const Json& config, const std::string& name,
   m.num_experts_per_tok = r.get_int("num_experts_per_tok", 1, 100000);
   m.max_position_embeddings = r.get_int("max_position_embeddings", 1, kMaxDim * 64);
   m.rope_theta = r.has("rope_theta") ? r.get_double("rope_theta", 1e-9, 1e300) : 10000.0;
+  // transformers 5 keeps the RoPE base under rope_parameters (rope_scaling before it).
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    if (!r.has(key)) continue;
+    const Json& rope = r.get_raw(key);
+    if (rope.is_object() && rope.contains("rope_theta") && rope["rope_theta"].is_number()) {
+      m.rope_theta = rope["rope_theta"].get<double>();
+    }
+    if (rope.is_object() && rope.contains("rope_type") && rope["rope_type"] != "default") {
+      r.fail(key, "RoPE scaling of type " + rope["rope_type"].dump() + " is not supported");
+    }
+  }
   m.rms_norm_eps = r.get_double("rms_norm_eps", 0, 1);
   m.tie_word_embeddings = r.has("tie_word_embeddings") ? r.get_bool("tie_word_embeddings") : false;
   m.router_aux_loss_coef =
@@ -269,13 +314,13 @@ ModelSpec model_from_hf_config(const Json& config, const std::string& name,
   } else {
     m.num_local_experts = r.get_int("num_experts", 1, 100000);
     m.moe_intermediate_size = r.get_int("moe_intermediate_size", 1, kMaxDim);
-    m.decoder_sparse_step = r.has("decoder_sparse_step")
-                                ? r.get_int("decoder_sparse_step", 1, 100000)
-                                : 1;
+    m.decoder_sparse_step =
+        r.has("decoder_sparse_step") ? r.get_int("decoder_sparse_step", 1, 100000) : 1;
     m.mlp_only_layers = r.has("mlp_only_layers") ? r.get_int_list("mlp_only_layers", 0, 100000)
                                                  : std::vector<std::int64_t>{};
     m.norm_topk_prob = r.has("norm_topk_prob") ? r.get_bool("norm_topk_prob") : false;
-    // Qwen windows attention only when use_sliding_window is set; otherwise sliding_window is unused.
+    // Qwen windows attention only when use_sliding_window is set; otherwise sliding_window is
+    // unused.
     bool windowed = r.has("use_sliding_window") && r.get_bool("use_sliding_window");
     if (windowed) {
       r.fail("use_sliding_window", "per-layer sliding window (Qwen) is not supported");

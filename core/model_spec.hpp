@@ -24,8 +24,8 @@ struct ModelSpec {
 
   std::int64_t vocab_size = 0;
   std::int64_t hidden_size = 0;
-  std::int64_t intermediate_size = 0;      // dense FFN width (layers without experts)
-  std::int64_t moe_intermediate_size = 0;  // one routed expert's FFN width
+  std::int64_t intermediate_size = 0;                // dense FFN width (layers without experts)
+  std::int64_t moe_intermediate_size = 0;            // one routed expert's FFN width
   std::int64_t shared_expert_intermediate_size = 0;  // Qwen2-MoE's gated shared expert; 0 = none
   std::int64_t num_hidden_layers = 0;
   std::int64_t num_attention_heads = 0;
@@ -55,13 +55,13 @@ struct ModelSpec {
 
 // Parameters of one decoder layer, split the way sharding treats them.
 struct LayerParams {
-  std::int64_t attention = 0;       // q, k, v, o (+ bias, + q/k norms)
-  std::int64_t norms = 0;           // the two RMSNorm weights
-  std::int64_t router = 0;          // gate: hidden x experts
-  std::int64_t expert_each = 0;     // one routed expert: w1, w3 (hidden x ffn) and w2 (ffn x hidden)
-  std::int64_t experts = 0;         // all routed experts of the layer
-  std::int64_t shared_expert = 0;   // shared expert and its gate
-  std::int64_t dense_ffn = 0;       // SwiGLU FFN of a layer without experts
+  std::int64_t attention = 0;      // q, k, v, o (+ bias, + q/k norms)
+  std::int64_t norms = 0;          // the two RMSNorm weights
+  std::int64_t router = 0;         // gate: hidden x experts
+  std::int64_t expert_each = 0;    // one routed expert: w1, w3 (hidden x ffn) and w2 (ffn x hidden)
+  std::int64_t experts = 0;        // all routed experts of the layer
+  std::int64_t shared_expert = 0;  // shared expert and its gate
+  std::int64_t dense_ffn = 0;      // SwiGLU FFN of a layer without experts
   std::int64_t dense() const { return attention + norms + router + shared_expert + dense_ffn; }
   std::int64_t total() const { return dense() + experts; }
 };
@@ -73,7 +73,7 @@ struct ParamCounts {
   std::int64_t attention = 0;  // all layers
   std::int64_t norms = 0;      // all layers' norms, without the final norm
   std::int64_t router = 0;
-  std::int64_t experts = 0;    // all routed experts of all layers
+  std::int64_t experts = 0;  // all routed experts of all layers
   std::int64_t shared_experts = 0;
   std::int64_t dense_ffn = 0;
   std::int64_t total = 0;
@@ -103,11 +103,14 @@ ModelFamily parse_model_family(const std::string& text);
 // moetune's own strict format (profiles/models/*.json, the "model" of plan.json).
 Json to_json(const ModelSpec& model);
 ModelSpec model_from_json(JsonObjectReader reader);
-// A Hugging Face config.json as published (MixtralConfig, Qwen2MoeConfig, Qwen3MoeConfig). Keys that
-// do not change the architecture (torch_dtype, transformers_version, ...) are ignored; any key
+// A Hugging Face config.json as published (MixtralConfig, Qwen2MoeConfig, Qwen3MoeConfig). Keys
+// that do not change the architecture (torch_dtype, transformers_version, ...) are ignored; any key
 // moetune cannot honour (e.g. a Qwen2-MoE with sliding window on a subset of layers) is refused.
 ModelSpec model_from_hf_config(const Json& config, const std::string& name,
                                const std::string& origin);
+// A Mixtral model as a Hugging Face config.json (MixtralConfig), so weights moetune writes open in
+// transformers. Only for the Mixtral family.
+Json to_hf_config(const ModelSpec& model);
 // Checks the sizes fit together (heads divide, top-k <= experts, ...).
 void validate(const ModelSpec& model, const std::string& origin);
 

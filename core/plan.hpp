@@ -1,5 +1,6 @@
-// Plan: model + cluster + training setup + layout (+ the prediction that chose it). plan.json is the
-// one contract between planner, GUI and executor; it carries a schema version and round-trips exactly.
+// Plan: model + cluster + training setup + layout (+ the prediction that chose it). plan.json is
+// the one contract between planner, GUI and executor; it carries a schema version and round-trips
+// exactly.
 #pragma once
 
 #include <filesystem>

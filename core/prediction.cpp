@@ -44,22 +44,28 @@ constexpr Field<TimeBreakdown> kTimeFields[] = {
 template <class T, std::size_t N>
 Json write_fields(const T& value, const Field<T> (&fields)[N]) {
   Json j;
-  for (const auto& f : fields) j[f.key] = value.*(f.member);
+  for (const auto& f : fields)
+    j[f.key] = value.*(f.member);
   return j;
 }
 
 template <class T, std::size_t N>
 T read_fields(JsonObjectReader r, const Field<T> (&fields)[N]) {
   T value;
-  for (const auto& f : fields) value.*(f.member) = r.get_double(f.key, 0, 1e300);
+  for (const auto& f : fields)
+    value.*(f.member) = r.get_double(f.key, 0, 1e300);
   r.finish();
   return value;
 }
 
 }  // namespace
 
-Json to_json(const MemoryBreakdown& m) { return write_fields(m, kMemoryFields); }
-Json to_json(const TimeBreakdown& t) { return write_fields(t, kTimeFields); }
+Json to_json(const MemoryBreakdown& m) {
+  return write_fields(m, kMemoryFields);
+}
+Json to_json(const TimeBreakdown& t) {
+  return write_fields(t, kTimeFields);
+}
 
 Json to_json(const Prediction& p) {
   Json j;

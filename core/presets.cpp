@@ -55,14 +55,17 @@ fs::path find_preset(const std::string& kind, const std::string& what, const std
   fs::path file = profiles_dir() / kind / (spec + ".json");
   if (!fs::is_regular_file(file)) {
     std::string list;
-    for (const auto& n : preset_names(kind)) list += (list.empty() ? "" : ", ") + n;
+    for (const auto& n : preset_names(kind))
+      list += (list.empty() ? "" : ", ") + n;
     throw InputError("unknown " + what + " \"" + spec + "\"; presets: " + list +
                      " (or a path to a JSON file)");
   }
   return file;
 }
 
-HardwareProfile resolve_device(const std::string& name) { return load_device(name); }
+HardwareProfile resolve_device(const std::string& name) {
+  return load_device(name);
+}
 
 }  // namespace
 
@@ -90,8 +93,8 @@ HardwareProfile load_device(const std::string& spec) {
 ClusterSpec load_cluster(const std::string& spec, std::optional<std::int64_t> nodes,
                          std::optional<std::int64_t> devices_per_node) {
   fs::path file = find_preset("clusters", "cluster", spec);
-  ClusterSpec c = cluster_from_json(JsonObjectReader(read_json_file(file), file.string()),
-                                    &resolve_device);
+  ClusterSpec c =
+      cluster_from_json(JsonObjectReader(read_json_file(file), file.string()), &resolve_device);
   if (nodes) {
     if (*nodes < 1) throw InputError("--nodes must be at least 1, got " + std::to_string(*nodes));
     c.nodes = *nodes;

@@ -24,7 +24,9 @@ LoadBalancing parse_load_balancing(const std::string& text) {
   throw InputError("load balancing \"" + text + "\" is not one of {aux_loss, sinkhorn, none}");
 }
 
-std::string to_string(Dispatcher d) { return d == Dispatcher::AllToAll ? "alltoall" : "allgather"; }
+std::string to_string(Dispatcher d) {
+  return d == Dispatcher::AllToAll ? "alltoall" : "allgather";
+}
 
 Dispatcher parse_dispatcher(const std::string& text) {
   if (text == "alltoall") return Dispatcher::AllToAll;

@@ -1,6 +1,7 @@
 // Megatron-LM and SMP v2 exports.
 #include "planner/export.hpp"
 
+#include <charconv>
 #include <sstream>
 
 #include "core/constraints.hpp"
@@ -10,15 +11,15 @@ namespace moetune::planner {
 
 namespace {
 
-// Whole numbers print without an exponent (Megatron parses --rotary-base as an integer).
+// Whole numbers print without an exponent (Megatron parses --rotary-base as an integer); others in
+// the shortest form that reads back to the same double.
 std::string number(double v) {
-  std::ostringstream s;
   if (v == static_cast<double>(static_cast<long long>(v)) && v < 1e15 && v > -1e15) {
-    s << static_cast<long long>(v);
-  } else {
-    s << v;
+    return std::to_string(static_cast<long long>(v));
   }
-  return s.str();
+  char buf[64];
+  const auto result = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, result.ptr);
 }
 
 }  // namespace

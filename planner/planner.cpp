@@ -61,7 +61,8 @@ std::vector<MeshOrder> distinct_orders(const Layout& l, const std::optional<Mesh
     MeshOrder order{};
     int n = 0;
     order[n++] = Axis::Tp;
-    for (Axis a : moving) order[n++] = a;
+    for (Axis a : moving)
+      order[n++] = a;
     for (Axis a : kDefaultOrder) {
       if (a != Axis::Tp && l.degree(a) == 1) order[n++] = a;
     }
@@ -138,9 +139,9 @@ SearchResult search(const ModelSpec& model, const ClusterSpec& cluster, const Tr
     for (std::int64_t pp : choices(pins.pp, model.num_hidden_layers)) {
       if (world % (tp * pp) != 0 && !pins.tp && !pins.pp) continue;
       const std::int64_t layers_per_stage = std::max<std::int64_t>(1, model.num_hidden_layers / pp);
-      std::vector<std::int64_t> vpps = pins.vpp ? std::vector<std::int64_t>{*pins.vpp}
-                                                : (pp > 1 ? divisors(layers_per_stage)
-                                                          : std::vector<std::int64_t>{1});
+      std::vector<std::int64_t> vpps =
+          pins.vpp ? std::vector<std::int64_t>{*pins.vpp}
+                   : (pp > 1 ? divisors(layers_per_stage) : std::vector<std::int64_t>{1});
       for (std::int64_t vpp : vpps) {
         for (std::int64_t ep : choices(pins.ep, model.num_local_experts)) {
           const std::int64_t rest = world / std::max<std::int64_t>(1, tp * pp * ep);

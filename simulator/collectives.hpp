@@ -1,7 +1,7 @@
-// First collective cost model: alpha-beta over a group's placement on the nodes, with the nccl-tests
-// bus-bandwidth conventions. A group inside a node runs at the intra-node bus bandwidth; a group that
-// crosses nodes shares its node's NICs with the other groups of the same kind running at the same
-// time. (The topology-graph model of the next issue replaces this.)
+// First collective cost model: alpha-beta over a group's placement on the nodes, with the
+// nccl-tests bus-bandwidth conventions. A group inside a node runs at the intra-node bus bandwidth;
+// a group that crosses nodes shares its node's NICs with the other groups of the same kind running
+// at the same time. (The topology-graph model of the next issue replaces this.)
 #pragma once
 
 #include "core/hardware.hpp"
@@ -12,7 +12,8 @@ namespace moetune::simulator {
 enum class Collective { AllGather, ReduceScatter, AllReduce, AllToAll };
 
 // Seconds for one collective where `bytes` is the nccl-tests size S: the whole gathered buffer for
-// all-gather and reduce-scatter, the buffer for all-reduce, the per-rank send buffer for all-to-all.
+// all-gather and reduce-scatter, the buffer for all-reduce, the per-rank send buffer for
+// all-to-all.
 double collective_seconds(Collective kind, double bytes, const GroupPlacement& group,
                           const ClusterSpec& cluster);
 // Point-to-point transfer between neighbouring pipeline stages.

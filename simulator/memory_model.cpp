@@ -1,7 +1,7 @@
 // The memory model: bytes on the worst rank, by kind, for any layout.
 //
-// Notation used in the comments: T = micro_batch * seq_len tokens per micro-batch, t = tp, h = hidden,
-// a = bytes of an activation element (2 for bf16/fp8, 4 for fp32), k = experts per token,
+// Notation used in the comments: T = micro_batch * seq_len tokens per micro-batch, t = tp, h =
+// hidden, a = bytes of an activation element (2 for bf16/fp8, 4 for fp32), k = experts per token,
 // Tr = tokens the busiest EP rank receives = T * k * load factor.
 #include <algorithm>
 #include <cmath>
@@ -14,7 +14,9 @@ namespace moetune::simulator {
 
 namespace {
 
-double activation_bytes(Precision p) { return p == Precision::Fp32 ? 4.0 : 2.0; }
+double activation_bytes(Precision p) {
+  return p == Precision::Fp32 ? 4.0 : 2.0;
+}
 
 }  // namespace
 
@@ -89,8 +91,8 @@ LayerActivations Simulator::layer_activations(const Layout& l) const {
   // RMSNorm keeps its input (the residual stream) and 1/rms in fp32; sequence parallel splits both.
   const double norm = a * T * h / t + 4.0 * T / t;
   act.attention = norm + a * T * h / t  // norm output, the QKV GEMM input (gathered again in bwd)
-                  + a * T * (q + 2 * kv) / t   // q, k, v after RoPE
-                  + a * T * q / t;             // attention output, the out-projection input
+                  + a * T * (q + 2 * kv) / t  // q, k, v after RoPE
+                  + a * T * q / t;            // attention output, the out-projection input
   if (m.qk_norm) act.attention += a * T * (q + kv) / t;  // q/k norm inputs
   const double heads = static_cast<double>(m.num_attention_heads) / t;
   const double b = static_cast<double>(l.micro_batch);
@@ -101,12 +103,13 @@ LayerActivations Simulator::layer_activations(const Layout& l) const {
     act.attention += a * b * heads * s * s;  // softmax probabilities
   }
   const double f = static_cast<double>(m.moe_intermediate_size);
-  act.moe = norm + a * T * h / t          // norm output (router and dispatch input)
-            + 4.0 * T * static_cast<double>(m.num_local_experts)  // router probabilities, fp32,
-                                                                  // for all T tokens on every tp rank
-            + 8.0 * T * k                                          // top-k indices and weights
-            + Tr * (a * h                                          // permuted expert inputs
-                    + a * 3.0 * f / t                              // w1 and w3 outputs, SwiGLU output
+  act.moe = norm + a * T * h / t  // norm output (router and dispatch input)
+            +
+            4.0 * T * static_cast<double>(m.num_local_experts)  // router probabilities, fp32,
+                                                                // for all T tokens on every tp rank
+            + 8.0 * T * k                                       // top-k indices and weights
+            + Tr * (a * h                                       // permuted expert inputs
+                    + a * 3.0 * f / t                           // w1 and w3 outputs, SwiGLU output
                     + a * h);  // expert outputs, for the gradient of the routing weights
   if (m.shared_expert_intermediate_size > 0) {
     act.moe += a * T * 3.0 * static_cast<double>(m.shared_expert_intermediate_size) / t;
@@ -115,7 +118,8 @@ LayerActivations Simulator::layer_activations(const Layout& l) const {
   return act;
 }
 
-MemoryBreakdown Simulator::memory(const Layout& l, double* host_bytes_per_node) const {
+MemoryBreakdown Simulator::memory(const Layout& l, double* host_bytes_per_node,
+                                  double* offloaded_activation_bytes_per_micro_batch) const {
   const ModelSpec& m = model_;
   const bool fp32 = train_.precision == Precision::Fp32;
   const double working = fp32 ? 4.0 : 2.0;  // bytes of a parameter as the GEMMs read it
@@ -130,6 +134,7 @@ MemoryBreakdown Simulator::memory(const Layout& l, double* host_bytes_per_node) 
 
   MemoryBreakdown worst;
   double worst_host = 0;
+  double worst_offload_traffic = 0;
   for (std::int64_t stage = 0; stage < l.pp; ++stage) {
     const StageParams sp = stage_params(l, stage);
     const double local = sp.tp_split / l.tp + sp.tp_replicated + sp.experts / (l.ep * l.tp);
@@ -160,7 +165,8 @@ MemoryBreakdown Simulator::memory(const Layout& l, double* host_bytes_per_node) 
     // Activations. 1F1B: stage i holds pp - i micro-batches; interleaving adds (pp-1)/(pp*vpp) of
     // that (Korthikanti et al. 2022). Never more micro-batches than the step has.
     double in_flight = static_cast<double>(l.pp - stage);
-    if (l.vpp > 1) in_flight *= 1.0 + static_cast<double>(l.pp - 1) / static_cast<double>(l.pp * l.vpp);
+    if (l.vpp > 1)
+      in_flight *= 1.0 + static_cast<double>(l.pp - 1) / static_cast<double>(l.pp * l.vpp);
     in_flight = std::min(in_flight, accum);
     const double moe_layers = static_cast<double>(sp.moe_layers);
     const double dense_layers = static_cast<double>(sp.dense_layers);
@@ -184,6 +190,8 @@ MemoryBreakdown Simulator::memory(const Layout& l, double* host_bytes_per_node) 
       const double on_device = std::min(saved, 2.0 * per_layer_saved);
       host += saved - on_device;
       saved = on_device;
+      worst_offload_traffic =
+          std::max(worst_offload_traffic, std::max(0.0, stage_saved - 2.0 * per_layer_saved));
     }
     mem.activations = saved + working_set;
     if (sp.last) {
@@ -208,6 +216,9 @@ MemoryBreakdown Simulator::memory(const Layout& l, double* host_bytes_per_node) 
                         (mem.activations + mem.communication_buffers + mem.gathered_parameters);
     if (mem.total() > worst.total()) worst = mem;
     worst_host = std::max(worst_host, host);
+  }
+  if (offloaded_activation_bytes_per_micro_batch != nullptr) {
+    *offloaded_activation_bytes_per_micro_batch = worst_offload_traffic;
   }
   if (host_bytes_per_node != nullptr) {
     *host_bytes_per_node = worst_host * static_cast<double>(cluster_.devices_per_node);

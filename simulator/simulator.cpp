@@ -23,7 +23,8 @@ std::string gib(double bytes) {
 
 Simulator::Simulator(const ModelSpec& model, const ClusterSpec& cluster, const TrainSpec& train)
     : model_(model), cluster_(cluster), train_(train) {
-  model_flops_per_token_ = flops_per_token(model_, train_.seq_len, AttentionFlops::Causal).training();
+  model_flops_per_token_ =
+      flops_per_token(model_, train_.seq_len, AttentionFlops::Causal).training();
 }
 
 Prediction Simulator::predict(const Layout& layout) const {
@@ -58,8 +59,8 @@ Prediction Simulator::predict(const Layout& layout,
   p.tokens_per_s_per_device = p.tokens_per_s / devices;
   p.tflops_per_device = model_flops_per_token_ * p.tokens_per_s_per_device / 1e12;
   p.mfu = p.tflops_per_device * 1e12 / cluster_.device.peak_flops(train_.precision);
-  p.cost_per_step_usd =
-      static_cast<double>(cluster_.nodes) * cluster_.price_per_node_hour_usd * p.step_time_s / 3600.0;
+  p.cost_per_step_usd = static_cast<double>(cluster_.nodes) * cluster_.price_per_node_hour_usd *
+                        p.step_time_s / 3600.0;
   p.cost_per_billion_tokens_usd = p.cost_per_step_usd / tokens * 1e9;
   return p;
 }

@@ -1,6 +1,6 @@
 // The simulator: predicts a layout's per-rank memory, step time, throughput, MFU and cost.
-// `Simulator` binds a model, a cluster and a training setup and precomputes everything that does not
-// depend on the layout, so the planner can evaluate many layouts cheaply.
+// `Simulator` binds a model, a cluster and a training setup and precomputes everything that does
+// not depend on the layout, so the planner can evaluate many layouts cheaply.
 #pragma once
 
 #include <array>
@@ -13,12 +13,13 @@ namespace moetune::simulator {
 
 // Parameters of one pipeline stage, split the way sharding treats them.
 struct StageParams {
-  double tp_split = 0;       // dense parameters split by tp (attention, shared experts, dense FFNs,
-                             // embedding and LM head on their stages)
-  double tp_replicated = 0;  // dense parameters every tp rank holds whole (norms, routers, q/k norms)
-  double experts = 0;        // routed expert parameters of the stage, before ep and tp splits
-  double largest_unit = 0;   // biggest all-gather unit (a layer, or embedding / LM head), per rank
-                             // before hs, filled per layout
+  double tp_split = 0;  // dense parameters split by tp (attention, shared experts, dense FFNs,
+                        // embedding and LM head on their stages)
+  double tp_replicated =
+      0;               // dense parameters every tp rank holds whole (norms, routers, q/k norms)
+  double experts = 0;  // routed expert parameters of the stage, before ep and tp splits
+  double largest_unit = 0;  // biggest all-gather unit (a layer, or embedding / LM head), per rank
+                            // before hs, filled per layout
   std::int64_t moe_layers = 0;
   std::int64_t dense_layers = 0;
   bool first = false;  // holds the embedding
@@ -52,8 +53,11 @@ class Simulator {
   LayerActivations layer_activations(const Layout& layout) const;
   // Expected tokens the busiest EP rank receives, as a multiple of the mean (>= 1).
   double expert_load_factor(const Layout& layout) const;
-  // Memory of the worst rank; also returns offloaded host bytes per node.
-  MemoryBreakdown memory(const Layout& layout, double* host_bytes_per_node) const;
+  // Memory of the worst rank; also returns offloaded host bytes per node and, with activation
+  // offload, the bytes of one micro-batch's activations that go to the host and back (per rank,
+  // busiest stage).
+  MemoryBreakdown memory(const Layout& layout, double* host_bytes_per_node,
+                         double* offloaded_activation_bytes_per_micro_batch = nullptr) const;
   TimeBreakdown time(const Layout& layout,
                      const std::array<GroupPlacement, kNumGroups>& placements) const;
 

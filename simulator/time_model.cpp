@@ -46,19 +46,20 @@ TimeBreakdown Simulator::time(const Layout& l,
                                4.0 * T * q * keys / t / attn_rate +
                                8.0 * a * T * h / t / mem_rate;  // norm, RoPE, residual traffic
   const double router_fwd = 2.0 * T * h * E / gemm_rate + 12.0 * T * E / mem_rate;
-  const double experts_fwd = 2.0 * Tr * 3.0 * h * f / t / gemm_rate + 3.0 * a * Tr * f / t / mem_rate;
+  const double experts_fwd =
+      2.0 * Tr * 3.0 * h * f / t / gemm_rate + 3.0 * a * Tr * f / t / mem_rate;
   const double shared_fwd =
       2.0 * T * 3.0 * h * static_cast<double>(m.shared_expert_intermediate_size) / t / gemm_rate;
   const double dense_ffn_fwd =
       2.0 * T * 3.0 * h * static_cast<double>(m.intermediate_size) / t / gemm_rate;
   const double permute_fwd = 2.0 * a * T * k * h / mem_rate;  // gather rows into expert order
-  const double a2a = collective_seconds(Collective::AllToAll, a * T * k * h,
-                                        of(placements, Group::Ep), cluster_);
+  const double a2a =
+      collective_seconds(Collective::AllToAll, a * T * k * h, of(placements, Group::Ep), cluster_);
   // Sequence parallel: gather before and reduce-scatter after each of the two blocks.
-  const double tp_ag = collective_seconds(Collective::AllGather, a * T * h,
-                                          of(placements, Group::Tp), cluster_);
-  const double tp_rs = collective_seconds(Collective::ReduceScatter, a * T * h,
-                                          of(placements, Group::Tp), cluster_);
+  const double tp_ag =
+      collective_seconds(Collective::AllGather, a * T * h, of(placements, Group::Tp), cluster_);
+  const double tp_rs =
+      collective_seconds(Collective::ReduceScatter, a * T * h, of(placements, Group::Tp), cluster_);
   const double lm_head_fwd = 2.0 * T * h * V / t / gemm_rate + 12.0 * T * V / t / mem_rate;
 
   TimeBreakdown out;
@@ -84,8 +85,8 @@ TimeBreakdown Simulator::time(const Layout& l,
     tb.dispatch = 3.0 * moe * permute_fwd / 2.0;
     tb.combine = tb.dispatch;
     tb.lm_head = sp.last ? 3.0 * lm_head_fwd : 0.0;
-    const double fwd_compute = layers * attention_fwd + moe * (router_fwd + experts_fwd +
-                                                                shared_fwd + permute_fwd) +
+    const double fwd_compute = layers * attention_fwd +
+                               moe * (router_fwd + experts_fwd + shared_fwd + permute_fwd) +
                                dense * dense_ffn_fwd;
     tb.recompute = l.recompute == Recompute::Full ? fwd_compute : 0.0;
     const double mb_compute = tb.attention + tb.router + tb.experts + tb.dispatch + tb.combine +
@@ -148,11 +149,10 @@ TimeBreakdown Simulator::time(const Layout& l,
 
   // Gradient all-reduce over the replicas, once per step; it overlaps the last micro-batch's
   // backward pass as far as that lasts.
-  const double all_reduce =
-      collective_seconds(Collective::AllReduce, dense_grad_bytes,
-                         of(placements, Group::DenseReplicate), cluster_) +
-      collective_seconds(Collective::AllReduce, expert_grad_bytes,
-                         of(placements, Group::ExpertReplicate), cluster_);
+  const double all_reduce = collective_seconds(Collective::AllReduce, dense_grad_bytes,
+                                               of(placements, Group::DenseReplicate), cluster_) +
+                            collective_seconds(Collective::AllReduce, expert_grad_bytes,
+                                               of(placements, Group::ExpertReplicate), cluster_);
   const double ar_hidden = std::min(all_reduce, per_mb_compute * 2.0 / 3.0);
   out.all_reduce = all_reduce - ar_hidden;
 
@@ -160,8 +160,8 @@ TimeBreakdown Simulator::time(const Layout& l,
   if (l.pp > 1) {
     const double bubble = static_cast<double>(l.pp - 1) / static_cast<double>(l.vpp) *
                           (per_mb_compute + (exposed_comm / std::max(accum, 1.0)));
-    const double p2p = p2p_seconds(a * T * h / t, !of(placements, Group::Pp).within_node(),
-                                   cluster_);
+    const double p2p =
+        p2p_seconds(a * T * h / t, !of(placements, Group::Pp).within_node(), cluster_);
     out.pipeline = bubble + 2.0 * accum * static_cast<double>(l.vpp) * p2p;
   }
 
@@ -176,18 +176,18 @@ TimeBreakdown Simulator::time(const Layout& l,
   }
   double act_offload = 0;
   if (l.activation_offload) {
-    double host_bytes = 0;
-    (void)memory(l, &host_bytes);
-    const double per_rank = host_bytes / static_cast<double>(cluster_.devices_per_node);
-    // Down in forward, back up in backward, hidden behind compute where it fits.
-    const double transfer = 2.0 * per_rank * accum / link_Bps;
+    double host_bytes = 0, per_micro_batch = 0;
+    (void)memory(l, &host_bytes, &per_micro_batch);
+    // Every micro-batch's offloaded activations go down in forward and back up in backward,
+    // hidden behind compute where that lasts long enough.
+    const double transfer = 2.0 * per_micro_batch * accum / link_Bps;
     act_offload = std::max(0.0, transfer - step_compute);
     out.offload += act_offload;
     out.overlapped_comm += transfer - act_offload;
   }
   out.overlapped_comm += fsdp_hidden + ar_hidden;
-  out.step = step_compute + exposed_comm + out.all_reduce + out.pipeline + out.optimizer +
-             out.offload;
+  out.step =
+      step_compute + exposed_comm + out.all_reduce + out.pipeline + out.optimizer + out.offload;
   return out;
 }
 

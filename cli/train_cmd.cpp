@@ -1,0 +1,124 @@
+// `moetune train`: trains the Mixtral model of a plan (or of --model on this machine's CPU) and
+// writes run.jsonl, checkpoints and, on request, a Hugging Face model folder.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+
+#include "cli/commands.hpp"
+#include "cli/common.hpp"
+#include "core/error.hpp"
+#include "executor/trainer.hpp"
+
+namespace moetune::cli {
+
+namespace {
+
+struct TrainCmdOptions {
+  std::string plan;
+  SetupOptions setup;
+  LayoutOptions layout;
+  std::int64_t steps = 100;
+  std::string data, checkpoint_dir, metrics, init_from, export_hf;
+  std::int64_t checkpoint_every = 0;
+  bool resume = false;
+  bool quiet = false;
+};
+
+std::string clock_text(double seconds) {
+  const auto s = static_cast<long long>(std::max(0.0, seconds));
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", s / 3600, (s / 60) % 60, s % 60);
+  return buf;
+}
+
+Plan plan_from_flags(const TrainCmdOptions& o) {
+  SetupOptions setup = o.setup;
+  if (setup.cluster.empty()) setup.cluster = "cpu-local";
+  if (!setup.nodes) setup.nodes = 1;
+  if (!setup.devices_per_node && setup.cluster == "cpu-local") setup.devices_per_node = 1;
+  const Setup s = load_setup(setup);
+  LayoutOptions layout = o.layout;
+  if (!layout.micro_batch) layout.micro_batch = s.train.global_batch;  // no accumulation
+  Plan plan;
+  plan.model = s.model;
+  plan.cluster = s.cluster;
+  plan.train = s.train;
+  plan.layout = to_layout(layout, s.cluster);
+  return plan;
+}
+
+void run(const TrainCmdOptions& o) {
+  if (o.plan.empty() == o.setup.model.empty()) {
+    throw InputError("train needs either --plan FILE or --model M");
+  }
+  Plan plan = o.plan.empty() ? plan_from_flags(o) : read_plan_file(o.plan);
+  if (!o.plan.empty() && o.setup.decay_steps)
+    plan.train.optimizer.decay_steps = *o.setup.decay_steps;
+  executor::TrainOptions t;
+  t.steps = o.steps;
+  t.data = o.data;
+  t.checkpoint_dir = o.checkpoint_dir;
+  t.checkpoint_every = o.checkpoint_every;
+  t.resume = o.resume;
+  t.metrics = o.metrics;
+  t.init_from = o.init_from;
+  t.export_hf = o.export_hf;
+  executor::Trainer trainer(plan, t);
+  const bool terminal = !o.quiet && ::isatty(STDERR_FILENO) != 0;
+  const std::int64_t first_step = trainer.step();
+  double first_loss = -1, last_loss = 0, elapsed = 0;
+  std::vector<double> rates;
+  trainer.run([&](const StepRecord& r) {
+    if (first_loss < 0) first_loss = r.loss;
+    last_loss = r.loss;
+    elapsed += r.step_time_s;
+    rates.push_back(r.tokens_per_s);
+    if (terminal) {
+      const double per_step = elapsed / static_cast<double>(r.step - first_step);
+      std::fprintf(stderr, "\rstep %lld/%lld  loss %.4f  aux %.3f  %.0f tokens/s  ETA %s   ",
+                   static_cast<long long>(r.step), static_cast<long long>(o.steps), r.loss,
+                   r.aux_loss, r.tokens_per_s,
+                   clock_text(per_step * static_cast<double>(o.steps - r.step)).c_str());
+    }
+  });
+  if (terminal) std::fprintf(stderr, "\n");
+  if (rates.empty()) {
+    std::printf("nothing to do: the checkpoint is already at step %lld of %lld\n",
+                static_cast<long long>(trainer.step()), static_cast<long long>(o.steps));
+    return;
+  }
+  std::sort(rates.begin(), rates.end());
+  std::printf("trained %s (%s) for steps %lld-%lld: loss %.4f -> %.4f, median %.0f tokens/s\n",
+              plan.model.name.c_str(), describe(plan.layout).c_str(),
+              static_cast<long long>(first_step + 1), static_cast<long long>(trainer.step()),
+              first_loss, last_loss, rates[rates.size() / 2]);
+}
+
+}  // namespace
+
+void register_train(CLI::App& app) {
+  auto o = std::make_shared<TrainCmdOptions>();
+  CLI::App* cmd = app.add_subcommand("train", "train the Mixtral model of a plan on this machine");
+  cmd->add_option("--plan", o->plan, "plan.json to train");
+  add_setup_options(*cmd, o->setup, false);
+  add_layout_options(*cmd, o->layout);
+  cmd->add_option("--steps", o->steps, "optimizer steps to reach")
+      ->check(at_least_one())
+      ->capture_default_str();
+  cmd->add_option("--data", o->data, "token file (default: the synthetic corpus)");
+  cmd->add_option("--checkpoint-dir", o->checkpoint_dir, "folder for step-NNNNNNNN checkpoints");
+  cmd->add_option("--checkpoint-every", o->checkpoint_every,
+                  "steps between checkpoints (0: at the end)");
+  cmd->add_flag("--resume", o->resume, "continue from the newest checkpoint in --checkpoint-dir");
+  cmd->add_option("--metrics", o->metrics, "write run.jsonl here");
+  cmd->add_option("--init-from", o->init_from,
+                  "Hugging Face safetensors (file or folder) to start from");
+  cmd->add_option("--export-hf", o->export_hf,
+                  "write config.json + model.safetensors here at the end");
+  cmd->add_flag("--quiet", o->quiet, "no progress line");
+  cmd->callback([o] { run(*o); });
+}
+
+}  // namespace moetune::cli

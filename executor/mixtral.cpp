@@ -1,0 +1,372 @@
+// Mixtral forward and backward on the CPU kernels. Shapes: N = B*S tokens, D hidden, Hq/Hkv heads,
+// Dh head size, E experts, K experts per token, F expert FFN width, V vocabulary, R permuted rows.
+#include "executor/mixtral.hpp"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/error.hpp"
+#include "kernels/cpu/attention.hpp"
+#include "kernels/cpu/cross_entropy.hpp"
+#include "kernels/cpu/embedding.hpp"
+#include "kernels/cpu/gemm.hpp"
+#include "kernels/cpu/moe_losses.hpp"
+#include "kernels/cpu/permute.hpp"
+#include "kernels/cpu/rmsnorm.hpp"
+#include "kernels/cpu/rope.hpp"
+#include "kernels/cpu/router.hpp"
+#include "kernels/cpu/swiglu.hpp"
+
+namespace moetune::executor {
+
+namespace k = moetune::kernels::cpu;
+
+namespace {
+
+// Sinkhorn stops when the column scaling moves by less than this on average (Megatron's 1e-4).
+constexpr double kSinkhornTol = 1e-4;
+constexpr std::int64_t kSinkhornMaxIters = 1000;
+
+class PhaseTimer {
+ public:
+  PhaseTimer(PhaseTimes* times, const char* phase)
+      : times_(times), phase_(phase), start_(std::chrono::steady_clock::now()) {}
+  ~PhaseTimer() {
+    if (times_ != nullptr) {
+      (*times_)[phase_] +=
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    }
+  }
+  PhaseTimer(const PhaseTimer&) = delete;
+  PhaseTimer& operator=(const PhaseTimer&) = delete;
+
+ private:
+  PhaseTimes* times_;
+  const char* phase_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+// y[N,Dout] = x[N,Din] W^T with W[Dout,Din] (Hugging Face's Linear layout).
+void linear_forward(float* y, const float* x, const float* w, std::int64_t n, std::int64_t din,
+                    std::int64_t dout) {
+  k::gemm<float>(false, true, n, dout, din, 1.0f, x, din, w, din, 0.0f, y, dout);
+}
+
+// dW[Dout,Din] += dy^T x; dx[N,Din] = dy W (beta 0) or += (beta 1).
+void linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
+                     std::int64_t n, std::int64_t din, std::int64_t dout, float dx_beta) {
+  k::gemm<float>(true, false, dout, din, n, 1.0f, dy, dout, x, din, 1.0f, dw, din);
+  if (dx != nullptr)
+    k::gemm<float>(false, false, n, din, dout, 1.0f, dy, dout, w, din, dx_beta, dx, din);
+}
+
+void add_into(float* dst, const float* src, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i)
+    dst[i] += src[i];
+}
+
+template <class T>
+std::size_t sz(T n) {
+  return static_cast<std::size_t>(n);
+}
+
+}  // namespace
+
+MixtralModel::MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::int64_t batch,
+                           std::int64_t seq_len)
+    : model_(model),
+      moe_(moe),
+      layout_(model),
+      batch_(batch),
+      seq_(seq_len),
+      tokens_(batch * seq_len) {
+  MOETUNE_CHECK(batch > 0 && seq_len > 0, "micro-batch and sequence must be positive");
+  const ModelSpec& m = model_;
+  const std::int64_t n = tokens_, d = m.hidden_size, q = m.q_dim(), kv = m.kv_dim();
+  const std::int64_t e = m.num_local_experts, kk = m.num_experts_per_tok;
+  const std::int64_t f = m.moe_intermediate_size, nk = n * kk;
+  rope_cos_.resize(sz(seq_ * m.head_dim / 2));
+  rope_sin_.resize(sz(seq_ * m.head_dim / 2));
+  k::rope_table<float>(rope_cos_.data(), rope_sin_.data(), seq_, m.head_dim, m.rope_theta);
+  ids_.resize(sz(n));
+  targets_.resize(sz(n));
+  acts_.resize(sz(m.num_hidden_layers));
+  for (LayerActs& a : acts_) {
+    a.x_in.resize(sz(n * d));
+    a.rstd1.resize(sz(n));
+    a.h1n.resize(sz(n * d));
+    a.q.resize(sz(n * q));
+    a.k.resize(sz(n * kv));
+    a.v.resize(sz(n * kv));
+    a.att.resize(sz(batch_ * m.num_attention_heads * seq_ * seq_));
+    a.ctx.resize(sz(n * q));
+    a.x_mid.resize(sz(n * d));
+    a.rstd2.resize(sz(n));
+    a.h2n.resize(sz(n * d));
+    a.router_logits.resize(sz(n * e));
+    a.probs.resize(sz(n * e));
+    a.topk_w.resize(sz(nk));
+    a.topk_idx.resize(sz(nk));
+    a.counts.resize(sz(e));
+    a.offsets.resize(sz(e + 1));
+    a.slot_row.resize(sz(nk));
+    a.row_slot.resize(sz(nk));
+    a.xp.resize(sz(nk * d));
+    a.h1.resize(sz(nk * f));
+    a.h3.resize(sz(nk * f));
+    a.act.resize(sz(nk * f));
+    a.yp.resize(sz(nk * d));
+  }
+  x_final_.resize(sz(n * d));
+  rstd_f_.resize(sz(n));
+  hf_.resize(sz(n * d));
+  logits_.resize(sz(n * m.vocab_size));
+  aux_counts_.resize(sz(e));
+  aux_prob_sum_.resize(sz(e));
+  dx_.resize(sz(n * d));
+  dx_mid_.resize(sz(n * d));
+  dtmp_.resize(sz(n * d));
+  dh_.resize(sz(n * d));
+  dq_.resize(sz(n * q));
+  dk_.resize(sz(n * kv));
+  dv_.resize(sz(n * kv));
+  dctx_.resize(sz(n * q));
+  drouter_.resize(sz(n * e));
+  dprobs_.resize(sz(n * e));
+  dtopk_w_.resize(sz(nk));
+  dxp_.resize(sz(nk * d));
+  dyp_.resize(sz(nk * d));
+  dh1_.resize(sz(nk * f));
+  dh3_.resize(sz(nk * f));
+}
+
+MicroBatchLoss MixtralModel::forward(const float* params, const std::int32_t* ids,
+                                     const std::int32_t* targets, PhaseTimes* times) {
+  const ModelSpec& m = model_;
+  const std::int64_t n = tokens_, d = m.hidden_size, q = m.q_dim(), kv = m.kv_dim();
+  const std::int64_t e = m.num_local_experts, kk = m.num_experts_per_tok;
+  const std::int64_t f = m.moe_intermediate_size, v = m.vocab_size;
+  for (std::int64_t i = 0; i < n; ++i) {
+    if (ids[i] < 0 || ids[i] >= v) {
+      throw InputError("token id " + std::to_string(ids[i]) + " is outside the vocabulary of " +
+                       std::to_string(v));
+    }
+  }
+  std::copy(ids, ids + n, ids_.begin());
+  std::copy(targets, targets + n, targets_.begin());
+  std::fill(aux_counts_.begin(), aux_counts_.end(), 0);
+  std::fill(aux_prob_sum_.begin(), aux_prob_sum_.end(), 0.0);
+  dropped_ = 0;
+  const std::int64_t capacity =
+      moe_.capacity_factor > 0 ? k::expert_capacity(n, e, kk, moe_.capacity_factor) : 0;
+  MicroBatchLoss loss;
+
+  const float* x = nullptr;  // the residual stream entering the layer
+  {
+    PhaseTimer t(times, "lm_head");
+    float* x0 = acts_.empty() ? x_final_.data() : acts_[0].x_in.data();
+    k::embedding_forward<float>(x0, params + layout_.embedding(), ids_.data(), n, v, d);
+    x = x0;
+  }
+  for (std::int64_t li = 0; li < m.num_hidden_layers; ++li) {
+    LayerActs& a = acts_[sz(li)];
+    const LayerOffsets& o = layout_.layer(li);
+    if (x != a.x_in.data()) std::copy(x, x + n * d, a.x_in.begin());
+    {
+      PhaseTimer t(times, "attention");
+      k::rmsnorm_forward<float>(a.h1n.data(), a.rstd1.data(), a.x_in.data(), params + o.input_norm,
+                                n, d, m.rms_norm_eps);
+      linear_forward(a.q.data(), a.h1n.data(), params + o.q, n, d, q);
+      linear_forward(a.k.data(), a.h1n.data(), params + o.k, n, d, kv);
+      linear_forward(a.v.data(), a.h1n.data(), params + o.v, n, d, kv);
+      k::rope_forward<float>(a.q.data(), a.q.data(), rope_cos_.data(), rope_sin_.data(), seq_,
+                             nullptr, 0, batch_, seq_, m.num_attention_heads, m.head_dim);
+      k::rope_forward<float>(a.k.data(), a.k.data(), rope_cos_.data(), rope_sin_.data(), seq_,
+                             nullptr, 0, batch_, seq_, m.num_key_value_heads, m.head_dim);
+      k::attention_forward<float>(a.ctx.data(), a.att.data(), a.q.data(), a.k.data(), a.v.data(),
+                                  batch_, seq_, m.num_attention_heads, m.num_key_value_heads,
+                                  m.head_dim, m.sliding_window);
+      // x_mid = x_in + ctx Wo^T
+      linear_forward(a.x_mid.data(), a.ctx.data(), params + o.o, n, q, d);
+      add_into(a.x_mid.data(), a.x_in.data(), n * d);
+    }
+    {
+      PhaseTimer t(times, "router");
+      k::rmsnorm_forward<float>(a.h2n.data(), a.rstd2.data(), a.x_mid.data(), params + o.post_norm,
+                                n, d, m.rms_norm_eps);
+      linear_forward(a.router_logits.data(), a.h2n.data(), params + o.gate, n, d, e);
+      if (moe_.load_balancing == LoadBalancing::Sinkhorn) {
+        k::router_sinkhorn_forward<float>(a.probs.data(), a.topk_idx.data(), a.topk_w.data(),
+                                          a.router_logits.data(), n, e, kk, kSinkhornTol,
+                                          kSinkhornMaxIters);
+      } else {
+        k::router_forward<float>(a.probs.data(), a.topk_idx.data(), a.topk_w.data(),
+                                 a.router_logits.data(), n, e, kk, m.norm_topk_prob);
+        k::aux_loss_accumulate<float>(aux_counts_.data(), aux_prob_sum_.data(), a.probs.data(),
+                                      a.topk_idx.data(), n, e, kk);
+      }
+      if (moe_.z_loss_coef > 0) loss.z += k::z_loss_forward<float>(a.router_logits.data(), n, e);
+    }
+    {
+      PhaseTimer t(times, "dispatch");
+      dropped_ += k::dispatch_plan(a.counts.data(), a.offsets.data(), a.slot_row.data(),
+                                   a.row_slot.data(), a.topk_idx.data(), n, e, kk, capacity);
+      a.rows = a.offsets[sz(e)];
+      k::permute_forward<float>(a.xp.data(), a.h2n.data(), a.row_slot.data(), a.rows, kk, d);
+    }
+    {
+      PhaseTimer t(times, "experts");
+      k::swiglu_grouped_forward<float>(a.yp.data(), a.h1.data(), a.h3.data(), a.act.data(),
+                                       a.xp.data(), params + o.w1[0], params + o.w3[0],
+                                       params + o.w2[0], a.counts.data(), e, d, f);
+    }
+    float* x_out = li + 1 < m.num_hidden_layers ? acts_[sz(li + 1)].x_in.data() : x_final_.data();
+    {
+      PhaseTimer t(times, "combine");
+      k::unpermute_combine_forward<float>(x_out, a.yp.data(), a.topk_w.data(), a.slot_row.data(), n,
+                                          kk, d);
+      add_into(x_out, a.x_mid.data(), n * d);
+    }
+    x = x_out;
+  }
+  {
+    PhaseTimer t(times, "lm_head");
+    k::rmsnorm_forward<float>(hf_.data(), rstd_f_.data(), x_final_.data(),
+                              params + layout_.final_norm(), n, d, m.rms_norm_eps);
+    linear_forward(logits_.data(), hf_.data(), params + layout_.lm_head(), n, d, v);
+    loss.ce = k::cross_entropy_forward<float>(nullptr, logits_.data(), targets_.data(), n, v);
+    loss.targets = k::count_targets(targets_.data(), n);
+  }
+  if (moe_.load_balancing != LoadBalancing::Sinkhorn) {
+    // Hugging Face averages the routing statistics over the tokens of all layers together.
+    loss.aux = k::aux_loss_from_stats(aux_counts_.data(), aux_prob_sum_.data(),
+                                      n * m.num_hidden_layers, e);
+  }
+  return loss;
+}
+
+void MixtralModel::backward(const float* params, float* grads, double loss_scale,
+                            PhaseTimes* times) {
+  const ModelSpec& m = model_;
+  const std::int64_t n = tokens_, d = m.hidden_size, q = m.q_dim(), kv = m.kv_dim();
+  const std::int64_t e = m.num_local_experts, kk = m.num_experts_per_tok;
+  const std::int64_t f = m.moe_intermediate_size, v = m.vocab_size;
+  const bool aux_on = moe_.load_balancing == LoadBalancing::AuxLoss && moe_.aux_loss_coef > 0;
+  {
+    PhaseTimer t(times, "lm_head");
+    // The logits buffer becomes d(loss)/d(logits) in place.
+    k::cross_entropy_backward<float>(logits_.data(), logits_.data(), targets_.data(), n, v,
+                                     loss_scale);
+    linear_backward(dh_.data(), grads + layout_.lm_head(), logits_.data(), hf_.data(),
+                    params + layout_.lm_head(), n, d, v, 0.0f);
+    k::rmsnorm_backward<float>(dx_.data(), grads + layout_.final_norm(), dh_.data(),
+                               x_final_.data(), params + layout_.final_norm(), rstd_f_.data(), n,
+                               d);
+  }
+  for (std::int64_t li = m.num_hidden_layers - 1; li >= 0; --li) {
+    LayerActs& a = acts_[sz(li)];
+    const LayerOffsets& o = layout_.layer(li);
+    // dx_ holds d/d(layer output); the residual passes it straight to x_mid.
+    std::copy(dx_.begin(), dx_.end(), dx_mid_.begin());
+    {
+      PhaseTimer t(times, "combine");
+      k::unpermute_combine_backward<float>(dyp_.data(), dtopk_w_.data(), dx_.data(), a.yp.data(),
+                                           a.topk_w.data(), a.slot_row.data(), n, kk, d);
+    }
+    {
+      PhaseTimer t(times, "experts");
+      k::swiglu_grouped_backward<float>(
+          dxp_.data(), grads + o.w1[0], grads + o.w3[0], grads + o.w2[0], dh1_.data(), dh3_.data(),
+          dyp_.data(), a.xp.data(), a.h1.data(), a.h3.data(), a.act.data(), params + o.w1[0],
+          params + o.w3[0], params + o.w2[0], a.counts.data(), e, d, f);
+    }
+    {
+      PhaseTimer t(times, "dispatch");
+      k::permute_backward<float>(dh_.data(), dxp_.data(), a.slot_row.data(), n, kk, d);
+    }
+    {
+      PhaseTimer t(times, "router");
+      if (moe_.load_balancing == LoadBalancing::Sinkhorn) {
+        k::router_sinkhorn_backward<float>(drouter_.data(), dtopk_w_.data(), a.probs.data(),
+                                           a.topk_idx.data(), n, e, kk);
+      } else {
+        const float* dprobs = nullptr;
+        if (aux_on) {
+          std::fill(dprobs_.begin(), dprobs_.end(), 0.0f);
+          k::aux_loss_backward<float>(dprobs_.data(), aux_counts_.data(), n * m.num_hidden_layers,
+                                      n, e, loss_scale * moe_.aux_loss_coef);
+          dprobs = dprobs_.data();
+        }
+        k::router_backward<float>(drouter_.data(), dtopk_w_.data(), dprobs, a.probs.data(),
+                                  a.topk_idx.data(), n, e, kk, m.norm_topk_prob);
+      }
+      if (moe_.z_loss_coef > 0) {
+        k::z_loss_backward<float>(drouter_.data(), a.router_logits.data(), n, e,
+                                  loss_scale * moe_.z_loss_coef);
+      }
+      // dh_ (from the experts) += d(router logits) Wg
+      linear_backward(dh_.data(), grads + o.gate, drouter_.data(), a.h2n.data(), params + o.gate, n,
+                      d, e, 1.0f);
+      k::rmsnorm_backward<float>(dtmp_.data(), grads + o.post_norm, dh_.data(), a.x_mid.data(),
+                                 params + o.post_norm, a.rstd2.data(), n, d);
+      add_into(dx_mid_.data(), dtmp_.data(), n * d);
+    }
+    {
+      PhaseTimer t(times, "attention");
+      linear_backward(dctx_.data(), grads + o.o, dx_mid_.data(), a.ctx.data(), params + o.o, n, q,
+                      d, 0.0f);
+      k::attention_backward<float>(dq_.data(), dk_.data(), dv_.data(), dctx_.data(), a.q.data(),
+                                   a.k.data(), a.v.data(), a.att.data(), batch_, seq_,
+                                   m.num_attention_heads, m.num_key_value_heads, m.head_dim);
+      k::rope_backward<float>(dq_.data(), dq_.data(), rope_cos_.data(), rope_sin_.data(), seq_,
+                              nullptr, 0, batch_, seq_, m.num_attention_heads, m.head_dim);
+      k::rope_backward<float>(dk_.data(), dk_.data(), rope_cos_.data(), rope_sin_.data(), seq_,
+                              nullptr, 0, batch_, seq_, m.num_key_value_heads, m.head_dim);
+      linear_backward(dh_.data(), grads + o.q, dq_.data(), a.h1n.data(), params + o.q, n, d, q,
+                      0.0f);
+      linear_backward(dh_.data(), grads + o.k, dk_.data(), a.h1n.data(), params + o.k, n, d, kv,
+                      1.0f);
+      linear_backward(dh_.data(), grads + o.v, dv_.data(), a.h1n.data(), params + o.v, n, d, kv,
+                      1.0f);
+      k::rmsnorm_backward<float>(dtmp_.data(), grads + o.input_norm, dh_.data(), a.x_in.data(),
+                                 params + o.input_norm, a.rstd1.data(), n, d);
+      // d/d(layer input) = the residual path plus the attention path.
+      for (std::int64_t i = 0; i < n * d; ++i)
+        dx_[sz(i)] = dx_mid_[sz(i)] + dtmp_[sz(i)];
+    }
+  }
+  {
+    PhaseTimer t(times, "lm_head");
+    k::embedding_backward<float>(grads + layout_.embedding(), dx_.data(), ids_.data(), n, v, d);
+  }
+}
+
+std::vector<std::vector<std::int64_t>> MixtralModel::tokens_per_expert() const {
+  std::vector<std::vector<std::int64_t>> out;
+  for (const LayerActs& a : acts_)
+    out.push_back(a.counts);
+  return out;
+}
+
+std::int64_t MixtralModel::activation_bytes() const {
+  std::int64_t floats = 0, others = 0;
+  auto f = [&](const std::vector<float>& x) { floats += static_cast<std::int64_t>(x.size()); };
+  for (const LayerActs& a : acts_) {
+    for (const auto* x :
+         {&a.x_in, &a.rstd1, &a.h1n, &a.q, &a.k, &a.v, &a.att, &a.ctx, &a.x_mid, &a.rstd2, &a.h2n,
+          &a.router_logits, &a.probs, &a.topk_w, &a.xp, &a.h1, &a.h3, &a.act, &a.yp}) {
+      f(*x);
+    }
+    others += static_cast<std::int64_t>(
+        a.topk_idx.size() * 4 +
+        (a.counts.size() + a.offsets.size() + a.slot_row.size() + a.row_slot.size()) * 8);
+  }
+  for (const auto* x : {&x_final_, &rstd_f_, &hf_,  &logits_, &dx_,   &dx_mid_,   &dtmp_,
+                        &dh_,      &dq_,     &dk_,  &dv_,     &dctx_, &drouter_,  &dprobs_,
+                        &dtopk_w_, &dxp_,    &dyp_, &dh1_,    &dh3_,  &rope_cos_, &rope_sin_}) {
+    f(*x);
+  }
+  return floats * 4 + others;
+}
+
+}  // namespace moetune::executor

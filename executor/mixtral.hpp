@@ -1,0 +1,85 @@
+// The Mixtral model on the CPU backend, with explicit forward and backward (no autograd):
+//   embedding -> L x (RMSNorm -> GQA attention with RoPE -> residual -> RMSNorm -> MoE -> residual)
+//   -> RMSNorm -> LM head -> cross-entropy.
+// The MoE layer is Megatron's decomposition: router -> dispatcher (permute by expert) -> experts
+// (grouped SwiGLU) -> combine (unpermute, weighted sum). All activations a backward pass needs are
+// kept in buffers sized once for a micro-batch of B sequences of S tokens.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/model_spec.hpp"
+#include "core/train_spec.hpp"
+#include "executor/parameters.hpp"
+
+namespace moetune::executor {
+
+struct MicroBatchLoss {
+  double ce = 0;   // mean cross-entropy over the non-ignored targets
+  double aux = 0;  // load-balancing loss over all layers' tokens, before its coefficient
+  double z = 0;    // z-loss summed over layers, before its coefficient
+  std::int64_t targets = 0;
+  // What training minimises: ce + aux_coef * aux + z_coef * z.
+  double total(const MoeOptions& moe) const {
+    return ce + moe.aux_loss_coef * aux + moe.z_loss_coef * z;
+  }
+};
+
+// Seconds spent per phase, named as the simulator names them.
+using PhaseTimes = std::map<std::string, double>;
+
+class MixtralModel {
+ public:
+  MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::int64_t batch,
+               std::int64_t seq_len);
+
+  const ModelSpec& spec() const { return model_; }
+  const ParameterLayout& layout() const { return layout_; }
+  std::int64_t batch() const { return batch_; }
+  std::int64_t seq_len() const { return seq_; }
+
+  // Forward pass over ids[B,S]; targets[B,S] are the next tokens (kIgnoreIndex to skip). Keeps
+  // every activation for backward(). logits() holds [B*S, V] afterwards.
+  MicroBatchLoss forward(const float* params, const std::int32_t* ids, const std::int32_t* targets,
+                         PhaseTimes* times = nullptr);
+  // Adds loss_scale * d(total loss)/d(params) into grads, for the last forward().
+  void backward(const float* params, float* grads, double loss_scale, PhaseTimes* times = nullptr);
+
+  const std::vector<float>& logits() const { return logits_; }
+  // Routed (token, slot) pairs per expert in each layer for the last forward(): [layer][expert].
+  std::vector<std::vector<std::int64_t>> tokens_per_expert() const;
+  std::int64_t dropped_slots() const { return dropped_; }
+  // Bytes of every activation and scratch buffer this model holds.
+  std::int64_t activation_bytes() const;
+
+ private:
+  struct LayerActs {
+    std::vector<float> x_in, rstd1, h1n, q, k, v, att, ctx, x_mid, rstd2, h2n;
+    std::vector<float> router_logits, probs, topk_w;
+    std::vector<std::int32_t> topk_idx;
+    std::vector<std::int64_t> counts, offsets, slot_row, row_slot;
+    std::int64_t rows = 0;  // permuted rows kept
+    std::vector<float> xp, h1, h3, act, yp;
+  };
+
+  ModelSpec model_;
+  MoeOptions moe_;
+  ParameterLayout layout_;
+  std::int64_t batch_, seq_, tokens_;
+  std::vector<float> rope_cos_, rope_sin_;
+  std::vector<std::int32_t> ids_, targets_;
+  std::vector<LayerActs> acts_;
+  std::vector<float> x_final_, rstd_f_, hf_, logits_;
+  // Statistics of the load-balancing loss over all layers of the last forward.
+  std::vector<std::int64_t> aux_counts_;
+  std::vector<double> aux_prob_sum_;
+  std::int64_t dropped_ = 0;
+  // Backward scratch.
+  std::vector<float> dx_, dx_mid_, dtmp_, dh_, dq_, dk_, dv_, dctx_, drouter_, dprobs_, dtopk_w_;
+  std::vector<float> dxp_, dyp_, dh1_, dh3_;
+};
+
+}  // namespace moetune::executor

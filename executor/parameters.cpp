@@ -1,0 +1,92 @@
+// Parameter layout and initialisation.
+#include "executor/parameters.hpp"
+
+#include <cmath>
+
+#include "core/error.hpp"
+#include "executor/io/synth.hpp"
+
+namespace moetune::executor {
+
+namespace {
+
+// Box-Muller; u1 in (0, 1] so the log is finite.
+double normal(Xoshiro256& rng) {
+  const double u1 = 1.0 - rng.uniform();
+  const double u2 = rng.uniform();
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+}
+
+}  // namespace
+
+std::int64_t ParameterLayout::add(std::string name, std::vector<std::int64_t> shape, bool expert,
+                                  bool norm) {
+  ParamTensor t;
+  t.name = std::move(name);
+  t.numel = 1;
+  for (std::int64_t d : shape)
+    t.numel *= d;
+  t.shape = std::move(shape);
+  t.offset = numel_;
+  t.is_expert = expert;
+  t.is_norm = norm;
+  numel_ += t.numel;
+  tensors_.push_back(std::move(t));
+  return tensors_.back().offset;
+}
+
+ParameterLayout::ParameterLayout(const ModelSpec& m) {
+  MOETUNE_CHECK(m.family == ModelFamily::Mixtral, "the executor trains Mixtral-family models");
+  const std::int64_t d = m.hidden_size;
+  embedding_ = add("model.embed_tokens.weight", {m.vocab_size, d}, false, false);
+  for (std::int64_t i = 0; i < m.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    LayerOffsets l{};
+    l.input_norm = add(p + "input_layernorm.weight", {d}, false, true);
+    l.q = add(p + "self_attn.q_proj.weight", {m.q_dim(), d}, false, false);
+    l.k = add(p + "self_attn.k_proj.weight", {m.kv_dim(), d}, false, false);
+    l.v = add(p + "self_attn.v_proj.weight", {m.kv_dim(), d}, false, false);
+    l.o = add(p + "self_attn.o_proj.weight", {d, m.q_dim()}, false, false);
+    l.post_norm = add(p + "post_attention_layernorm.weight", {d}, false, true);
+    l.gate = add(p + "block_sparse_moe.gate.weight", {m.num_local_experts, d}, false, false);
+    // All experts' w1 side by side, then all w2, then all w3: the grouped expert GEMMs read
+    // w1[E,F,D], w2[E,D,F] and w3[E,F,D] as one block each.
+    const std::int64_t f = m.moe_intermediate_size;
+    auto expert = [&](std::int64_t e, const char* w) {
+      return p + "block_sparse_moe.experts." + std::to_string(e) + "." + w + ".weight";
+    };
+    for (std::int64_t e = 0; e < m.num_local_experts; ++e) {
+      l.w1.push_back(add(expert(e, "w1"), {f, d}, true, false));
+    }
+    for (std::int64_t e = 0; e < m.num_local_experts; ++e) {
+      l.w2.push_back(add(expert(e, "w2"), {d, f}, true, false));
+    }
+    for (std::int64_t e = 0; e < m.num_local_experts; ++e) {
+      l.w3.push_back(add(expert(e, "w3"), {f, d}, true, false));
+    }
+    layers_.push_back(std::move(l));
+  }
+  final_norm_ = add("model.norm.weight", {d}, false, true);
+  lm_head_ = add("lm_head.weight", {m.vocab_size, d}, false, false);
+}
+
+const ParamTensor& ParameterLayout::find(const std::string& name) const {
+  for (const auto& t : tensors_) {
+    if (t.name == name) return t;
+  }
+  throw InputError("no parameter named " + name);
+}
+
+void initialise_parameters(const ParameterLayout& layout, float* params, std::uint64_t seed,
+                           double std) {
+  for (const ParamTensor& t : layout.tensors()) {
+    // One stream per tensor, keyed by its index, so adding a tensor does not shift the others.
+    Xoshiro256 rng(seed ^ (0x51ED27ULL * static_cast<std::uint64_t>(t.offset + 1)));
+    float* p = params + t.offset;
+    for (std::int64_t i = 0; i < t.numel; ++i) {
+      p[i] = t.is_norm ? 1.0f : static_cast<float>(std * normal(rng));
+    }
+  }
+}
+
+}  // namespace moetune::executor

@@ -1,0 +1,55 @@
+// The Mixtral model's parameters in one flat fp32 buffer, each tensor named and shaped as in
+// Hugging Face's MixtralForCausalLM (so safetensors files map one to one), plus deterministic
+// initialisation.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/model_spec.hpp"
+
+namespace moetune::executor {
+
+struct ParamTensor {
+  std::string name;  // Hugging Face name, e.g. "model.layers.0.self_attn.q_proj.weight"
+  std::vector<std::int64_t> shape;
+  std::int64_t offset = 0;  // in floats, into the flat buffer
+  std::int64_t numel = 0;
+  bool is_expert = false;  // routed expert weight (sharded over ep in distributed runs)
+  bool is_norm = false;
+};
+
+// Offsets of one layer's tensors in the flat buffer.
+struct LayerOffsets {
+  std::int64_t input_norm, q, k, v, o, post_norm, gate;
+  std::vector<std::int64_t> w1, w2, w3;  // per expert
+};
+
+class ParameterLayout {
+ public:
+  explicit ParameterLayout(const ModelSpec& model);
+
+  const std::vector<ParamTensor>& tensors() const { return tensors_; }
+  std::int64_t numel() const { return numel_; }
+  const ParamTensor& find(const std::string& name) const;
+  std::int64_t embedding() const { return embedding_; }
+  std::int64_t final_norm() const { return final_norm_; }
+  std::int64_t lm_head() const { return lm_head_; }
+  const LayerOffsets& layer(std::int64_t i) const { return layers_[static_cast<std::size_t>(i)]; }
+
+ private:
+  std::int64_t add(std::string name, std::vector<std::int64_t> shape, bool expert, bool norm);
+
+  std::vector<ParamTensor> tensors_;
+  std::vector<LayerOffsets> layers_;
+  std::int64_t numel_ = 0;
+  std::int64_t embedding_ = 0, final_norm_ = 0, lm_head_ = 0;
+};
+
+// Norm weights 1, everything else normal(0, std) from xoshiro256** (executor/io/synth.hpp), so the
+// values do not depend on the platform's standard library.
+void initialise_parameters(const ParameterLayout& layout, float* params, std::uint64_t seed,
+                           double std = 0.02);
+
+}  // namespace moetune::executor

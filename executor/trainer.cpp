@@ -1,0 +1,260 @@
+// The CPU training loop.
+#include "executor/trainer.hpp"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <ctime>
+
+#include "core/constraints.hpp"
+#include "core/error.hpp"
+#include "executor/io/checkpoint.hpp"
+#include "executor/io/safetensors.hpp"
+#include "executor/io/synth.hpp"
+#include "executor/io/token_file.hpp"
+#include "executor/schedule.hpp"
+#include "kernels/cpu/optimizer.hpp"
+
+namespace moetune::executor {
+
+namespace k = moetune::kernels::cpu;
+
+namespace {
+
+// Tokens of synthetic corpus made when no --data is given: enough for many steps of small models
+// without repeating a window often.
+constexpr std::uint64_t kSynthTokens = std::uint64_t{1} << 21;
+
+std::string utc_now() {
+  std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+std::string hostname() {
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof buf - 1) != 0) return "unknown";
+  return buf;
+}
+
+}  // namespace
+
+void check_runnable_on_cpu(const Plan& plan) {
+  const Layout& l = plan.layout;
+  if (l.pp > 1) {
+    throw InputError("the executor runs pp = 1 (no pipeline stages yet); this plan has pp=" +
+                     std::to_string(l.pp) + ": plan again with --pp 1");
+  }
+  if (plan.model.family != ModelFamily::Mixtral) {
+    throw InputError("the executor trains Mixtral models; " + plan.model.name + " is " +
+                     to_string(plan.model.family));
+  }
+  if (plan.model.tie_word_embeddings) {
+    throw InputError(
+        "the executor needs an untied LM head (tie_word_embeddings false), as Mixtral");
+  }
+  if (plan.cluster.device.kind != DeviceKind::Cpu || plan.train.precision != Precision::Fp32) {
+    throw InputError("this plan is for " + plan.cluster.device.name + " in " +
+                     to_string(plan.train.precision) +
+                     "; the CPU backend trains fp32 plans for a cpu cluster such as cpu-local");
+  }
+  if (l.world_size() != 1) {
+    throw InputError("this plan has " + std::to_string(l.world_size()) +
+                     " ranks; a single process trains world size 1 (plan with --nodes 1 "
+                     "--devices-per-node 1)");
+  }
+  if (auto r = check_layout(plan.model, plan.cluster, plan.train, plan.layout)) {
+    throw InputError("layout " + describe(l) +
+                     " is not valid: " + explain(*r, plan.model, plan.cluster, plan.train, l));
+  }
+}
+
+Trainer::Trainer(const Plan& plan, const TrainOptions& options) : plan_(plan), options_(options) {
+  check_runnable_on_cpu(plan_);
+  if (options_.steps < 1) throw InputError("--steps must be at least 1");
+  if (options_.resume && options_.checkpoint_dir.empty()) {
+    throw InputError("--resume needs --checkpoint-dir");
+  }
+  accum_ = grad_accum_steps(plan_.train, plan_.layout);
+  model_ = std::make_unique<MixtralModel>(plan_.model, plan_.train.moe, plan_.layout.micro_batch,
+                                          plan_.train.seq_len);
+  const auto n = static_cast<std::size_t>(model_->layout().numel());
+  params_.assign(n, 0.0f);
+  grads_.assign(n, 0.0f);
+  adam_m_.assign(n, 0.0f);
+  adam_v_.assign(n, 0.0f);
+  initialise_parameters(model_->layout(), params_.data(), plan_.train.seed);
+  if (!options_.init_from.empty()) {
+    SafetensorsReader reader(options_.init_from);
+    for (const ParamTensor& t : model_->layout().tensors()) {
+      reader.read(t.name, params_.data() + t.offset, t.shape);
+    }
+  }
+  bool resumed = false;
+  if (options_.resume) {
+    if (auto dir = latest_checkpoint(options_.checkpoint_dir)) {
+      restore(*dir);
+      resumed = true;
+    }
+  }
+  if (!options_.batch_source) load_data();
+  const std::int64_t tokens = plan_.layout.micro_batch * plan_.train.seq_len;
+  ids_.assign(static_cast<std::size_t>(tokens), 0);
+  targets_.assign(static_cast<std::size_t>(tokens), 0);
+  if (!options_.metrics.empty()) {
+    RunHeader header{plan_, hostname(), "cpu", 0, 1, 1, utc_now()};
+    log_ = std::make_unique<RunLogWriter>(options_.metrics, header, resumed);
+  }
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::load_data() {
+  const std::int64_t seq = plan_.train.seq_len;
+  const auto vocab = static_cast<std::uint64_t>(plan_.model.vocab_size);
+  if (options_.data.empty()) {
+    tokens_ = synth_corpus(vocab, kSynthTokens, plan_.train.seed);
+  } else {
+    tokens_ = read_token_file(options_.data, vocab).tokens;
+  }
+  if (tokens_.size() < static_cast<std::size_t>(seq + 1)) {
+    throw InputError(
+        (options_.data.empty() ? std::string("synthetic corpus") : options_.data.string()) + ": " +
+        std::to_string(tokens_.size()) + " tokens, fewer than one sequence of " +
+        std::to_string(seq + 1));
+  }
+}
+
+// Sequence g of the run (g = step * global_batch + index) starts at g * seq modulo the windows
+// that fit, so every step reads fresh text until the corpus wraps, the same on every run.
+void Trainer::fill_micro_batch(std::int64_t step, std::int64_t micro) {
+  if (options_.batch_source) {
+    options_.batch_source(step, micro, ids_.data(), targets_.data());
+    return;
+  }
+  const std::int64_t seq = plan_.train.seq_len;
+  const std::int64_t b = plan_.layout.micro_batch;
+  const auto windows = static_cast<std::int64_t>(tokens_.size()) - seq;
+  for (std::int64_t i = 0; i < b; ++i) {
+    const std::int64_t g = step * plan_.train.global_batch + micro * b + i;
+    const std::int64_t start = (g * seq) % windows;
+    for (std::int64_t s = 0; s < seq; ++s) {
+      const auto at = static_cast<std::size_t>(start + s);
+      ids_[static_cast<std::size_t>(i * seq + s)] = static_cast<std::int32_t>(tokens_[at]);
+      targets_[static_cast<std::size_t>(i * seq + s)] = static_cast<std::int32_t>(tokens_[at + 1]);
+    }
+  }
+}
+
+StepRecord Trainer::train_step() {
+  const auto start = std::chrono::steady_clock::now();
+  PhaseTimes phases;
+  StepRecord rec;
+  std::fill(grads_.begin(), grads_.end(), 0.0f);
+  const double scale = 1.0 / static_cast<double>(accum_);
+  for (std::int64_t micro = 0; micro < accum_; ++micro) {
+    fill_micro_batch(step_, micro);
+    const MicroBatchLoss loss =
+        model_->forward(params_.data(), ids_.data(), targets_.data(), &phases);
+    model_->backward(params_.data(), grads_.data(), scale, &phases);
+    rec.loss += loss.ce * scale;
+    rec.aux_loss += loss.aux * scale;
+    rec.z_loss += loss.z * scale;
+    rec.dropped_tokens += model_->dropped_slots();
+    const auto counts = model_->tokens_per_expert();
+    if (rec.tokens_per_expert.empty()) {
+      rec.tokens_per_expert = counts;
+    } else {
+      for (std::size_t l = 0; l < counts.size(); ++l) {
+        for (std::size_t e = 0; e < counts[l].size(); ++e)
+          rec.tokens_per_expert[l][e] += counts[l][e];
+      }
+    }
+  }
+  {
+    const auto opt_start = std::chrono::steady_clock::now();
+    const std::int64_t n = static_cast<std::int64_t>(params_.size());
+    rec.grad_norm = std::sqrt(k::sum_of_squares<float>(grads_.data(), n));
+    const double clip = k::clip_scale(rec.grad_norm, plan_.train.optimizer.grad_clip);
+    const OptimizerSpec& o = plan_.train.optimizer;
+    rec.lr = learning_rate(o, step_);
+    k::AdamWParams hp{rec.lr, o.beta1, o.beta2, o.eps, o.weight_decay};
+    k::adamw_step<float>(params_.data(), adam_m_.data(), adam_v_.data(), grads_.data(), n, hp,
+                         step_ + 1, clip);
+    phases["optimizer"] +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - opt_start).count();
+  }
+  ++step_;
+  rec.step = step_;
+  rec.tokens = plan_.train.tokens_per_step();
+  rec.step_time_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  rec.tokens_per_s = static_cast<double>(rec.tokens) / rec.step_time_s;
+  rec.phases_s = phases;
+  rec.peak_memory_bytes =
+      static_cast<double>(4 * 4 * params_.size()) + static_cast<double>(model_->activation_bytes());
+  return rec;
+}
+
+void Trainer::run(const std::function<void(const StepRecord&)>& on_step) {
+  while (step_ < options_.steps) {
+    const StepRecord rec = train_step();
+    if (log_) log_->write(rec);
+    if (on_step) on_step(rec);
+    const bool last = step_ == options_.steps;
+    if (!options_.checkpoint_dir.empty() &&
+        (last || (options_.checkpoint_every > 0 && step_ % options_.checkpoint_every == 0))) {
+      save_checkpoint_now();
+    }
+  }
+  if (!options_.export_hf.empty()) {
+    std::filesystem::create_directories(options_.export_hf);
+    write_file_atomically(options_.export_hf / "config.json",
+                          to_hf_config(plan_.model).dump(2) + "\n");
+    std::vector<NamedTensor> tensors;
+    for (const ParamTensor& t : model_->layout().tensors()) {
+      tensors.push_back({t.name, t.shape, params_.data() + t.offset});
+    }
+    write_safetensors(options_.export_hf / "model.safetensors", tensors, {{"format", "pt"}});
+  }
+}
+
+void Trainer::save_checkpoint_now() {
+  std::vector<NamedTensor> tensors;
+  for (const ParamTensor& t : model_->layout().tensors()) {
+    tensors.push_back({t.name, t.shape, params_.data() + t.offset});
+  }
+  for (const ParamTensor& t : model_->layout().tensors()) {
+    tensors.push_back({"optimizer.exp_avg." + t.name, t.shape, adam_m_.data() + t.offset});
+    tensors.push_back({"optimizer.exp_avg_sq." + t.name, t.shape, adam_v_.data() + t.offset});
+  }
+  Json state;
+  state["plan"] = to_json(plan_);
+  state["optimizer_step"] = step_;
+  state["data"] = options_.batch_source   ? Json("batch_source")
+                  : options_.data.empty() ? Json("synthetic")
+                                          : Json(options_.data.string());
+  save_step_checkpoint(options_.checkpoint_dir, step_, state, tensors, options_.keep_checkpoints);
+}
+
+void Trainer::restore(const std::filesystem::path& dir) {
+  const Checkpoint ckpt = load_checkpoint(dir);
+  if (!ckpt.state.is_object() || !ckpt.state.contains("plan")) {
+    throw InputError(dir.string() + ": not a moetune training checkpoint (no plan in its state)");
+  }
+  const Plan saved = plan_from_json(ckpt.state["plan"], dir.string() + "/manifest.json state.plan");
+  if (saved.model != plan_.model || saved.train != plan_.train || saved.layout != plan_.layout) {
+    throw InputError(dir.string() +
+                     ": the checkpoint was written for another model, training setup or layout; "
+                     "resume with the plan it was saved with");
+  }
+  for (const ParamTensor& t : model_->layout().tensors()) {
+    ckpt.copy_to(t.name, params_.data() + t.offset, t.shape);
+    ckpt.copy_to("optimizer.exp_avg." + t.name, adam_m_.data() + t.offset, t.shape);
+    ckpt.copy_to("optimizer.exp_avg_sq." + t.name, adam_v_.data() + t.offset, t.shape);
+  }
+  step_ = ckpt.step;
+}
+
+}  // namespace moetune::executor

@@ -1,0 +1,72 @@
+// The training loop on the CPU backend: data, micro-batches with gradient accumulation, global
+// grad-norm clipping, AdamW with warmup + cosine, run.jsonl, checkpoints and exact resume.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "core/plan.hpp"
+#include "core/run_log.hpp"
+#include "executor/mixtral.hpp"
+
+namespace moetune::executor {
+
+struct TrainOptions {
+  std::int64_t steps = 100;
+  std::filesystem::path data;            // token file; empty: the synthetic corpus, in memory
+  std::filesystem::path checkpoint_dir;  // parent of step-NNNNNNNN folders; empty: none
+  std::int64_t checkpoint_every = 0;     // 0: only after the last step
+  int keep_checkpoints = 2;              // newest step folders kept (0 keeps all)
+  bool resume = false;                   // continue from the newest checkpoint in checkpoint_dir
+  std::filesystem::path metrics;         // run.jsonl; empty: none
+  std::filesystem::path init_from;       // Hugging Face safetensors (file or folder) to start from
+  std::filesystem::path export_hf;       // write config.json + model.safetensors here at the end
+  // Supplies micro-batch `micro` of optimizer step `step` (from 0) instead of the token data:
+  // ids[B*S] and targets[B*S] (kIgnoreIndex to skip a position).
+  std::function<void(std::int64_t step, std::int64_t micro, std::int32_t* ids,
+                     std::int32_t* targets)>
+      batch_source;
+};
+
+// Refuses a plan the CPU executor cannot run, with the reason (pipeline stages, several ranks,
+// GPU precision, a model family other than Mixtral).
+void check_runnable_on_cpu(const Plan& plan);
+
+class Trainer {
+ public:
+  Trainer(const Plan& plan, const TrainOptions& options);
+  ~Trainer();
+
+  // Runs until options.steps optimizer steps are done (counting steps restored by resume).
+  void run(const std::function<void(const StepRecord&)>& on_step = {});
+
+  const Plan& plan() const { return plan_; }
+  std::int64_t step() const { return step_; }
+  const std::vector<float>& params() const { return params_; }
+  std::vector<float>& mutable_params() { return params_; }
+  const ParameterLayout& layout() const { return model_->layout(); }
+  std::int64_t grad_accum() const { return accum_; }
+  // One optimizer step on the given step's data; returns its record.
+  StepRecord train_step();
+
+ private:
+  void load_data();
+  void fill_micro_batch(std::int64_t step, std::int64_t micro);
+  void save_checkpoint_now();
+  void restore(const std::filesystem::path& dir);
+
+  Plan plan_;
+  TrainOptions options_;
+  std::unique_ptr<MixtralModel> model_;
+  std::int64_t accum_ = 1;
+  std::int64_t step_ = 0;  // optimizer steps done
+  std::vector<float> params_, grads_, adam_m_, adam_v_;
+  std::vector<std::uint32_t> tokens_;
+  std::vector<std::int32_t> ids_, targets_;
+  std::unique_ptr<RunLogWriter> log_;
+};
+
+}  // namespace moetune::executor

@@ -1,0 +1,18 @@
+// Row-major GEMM on OpenBLAS (CBLAS): the one place the CPU kernels multiply matrices. Every other
+// kernel that needs a matrix product calls this, so swapping the BLAS touches one file.
+#pragma once
+
+#include <cstdint>
+
+namespace moetune::kernels::cpu {
+
+// C[m,n] = alpha * op(A)[m,k] · op(B)[k,n] + beta * C[m,n], all row-major.
+//   op(A) = A   : A stored [m,k], lda >= k      op(A) = A^T : A stored [k,m], lda >= m
+//   op(B) = B   : B stored [k,n], ldb >= n      op(B) = B^T : B stored [n,k], ldb >= k
+// ldc >= n. beta == 0 overwrites C without reading it. k == 0 gives C = beta * C.
+template <typename T>
+void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha,
+          const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c,
+          std::int64_t ldc);
+
+}  // namespace moetune::kernels::cpu

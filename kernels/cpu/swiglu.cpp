@@ -1,0 +1,119 @@
+// SwiGLU expert FFN forward/backward on gemm(), single expert and grouped over experts.
+#include "kernels/cpu/swiglu.hpp"
+
+#include <cmath>
+#include <string>
+
+#include "core/error.hpp"
+#include "kernels/cpu/gemm.hpp"
+
+namespace moetune::kernels::cpu {
+
+namespace {
+
+double sigmoid(double z) {
+  return 1.0 / (1.0 + std::exp(-z));
+}
+
+void check_swiglu_sizes(std::int64_t m, std::int64_t d, std::int64_t f, const char* op) {
+  MOETUNE_CHECK(m >= 0 && d > 0 && f > 0, std::string(op) + ": need m >= 0, d > 0, f > 0");
+}
+
+}  // namespace
+
+template <typename T>
+void swiglu_forward(T* out, T* h1, T* h3, T* act, const T* x, const T* w1, const T* w3, const T* w2,
+                    std::int64_t m, std::int64_t d, std::int64_t f) {
+  check_swiglu_sizes(m, d, f, "swiglu_forward");
+  if (m == 0) return;
+  MOETUNE_CHECK(out && h1 && h3 && act && x && w1 && w3 && w2, "swiglu_forward: null buffer");
+  gemm<T>(false, true, m, f, d, T(1), x, d, w1, d, T(0), h1, f);  // h1[M,F] = x w1^T
+  gemm<T>(false, true, m, f, d, T(1), x, d, w3, d, T(0), h3, f);  // h3[M,F] = x w3^T
+  for (std::int64_t i = 0; i < m * f; i++) {
+    const double a = double(h1[i]);
+    act[i] = T(a * sigmoid(a) * double(h3[i]));
+  }
+  gemm<T>(false, true, m, d, f, T(1), act, f, w2, f, T(0), out, d);  // out[M,D] = act w2^T
+}
+
+// silu(a) = a s(a), silu'(a) = s(a) (1 + a (1 - s(a))).
+template <typename T>
+void swiglu_backward(T* dx, T* dw1, T* dw3, T* dw2, T* dh1, T* dh3, const T* dout, const T* x,
+                     const T* h1, const T* h3, const T* act, const T* w1, const T* w3, const T* w2,
+                     std::int64_t m, std::int64_t d, std::int64_t f) {
+  check_swiglu_sizes(m, d, f, "swiglu_backward");
+  if (m == 0) return;
+  MOETUNE_CHECK(
+      dx && dw1 && dw3 && dw2 && dh1 && dh3 && dout && x && h1 && h3 && act && w1 && w3 && w2,
+      "swiglu_backward: null buffer");
+  gemm<T>(true, false, d, f, m, T(1), dout, d, act, f, T(1), dw2, f);  // dw2[D,F] += dout^T act
+  gemm<T>(false, false, m, f, d, T(1), dout, d, w2, f, T(0), dh1, f);  // dact[M,F] = dout w2
+  for (std::int64_t i = 0; i < m * f; i++) {
+    const double a = double(h1[i]);
+    const double s = sigmoid(a);
+    const double dact = double(dh1[i]);
+    dh1[i] = T(dact * double(h3[i]) * s * (1.0 + a * (1.0 - s)));
+    dh3[i] = T(dact * a * s);
+  }
+  gemm<T>(true, false, f, d, m, T(1), dh1, f, x, d, T(1), dw1, d);   // dw1[F,D] += dh1^T x
+  gemm<T>(true, false, f, d, m, T(1), dh3, f, x, d, T(1), dw3, d);   // dw3[F,D] += dh3^T x
+  gemm<T>(false, false, m, d, f, T(1), dh1, f, w1, d, T(0), dx, d);  // dx[M,D] = dh1 w1
+  gemm<T>(false, false, m, d, f, T(1), dh3, f, w3, d, T(1), dx, d);  //        + dh3 w3
+}
+
+template <typename T>
+void swiglu_grouped_forward(T* out, T* h1, T* h3, T* act, const T* x, const T* w1, const T* w3,
+                            const T* w2, const std::int64_t* counts, std::int64_t e, std::int64_t d,
+                            std::int64_t f) {
+  MOETUNE_CHECK(e > 0 && counts, "swiglu_grouped_forward: need e > 0 and counts");
+  std::int64_t row = 0;
+  for (std::int64_t x_id = 0; x_id < e; x_id++) {
+    const std::int64_t m = counts[x_id];
+    MOETUNE_CHECK(m >= 0,
+                  "swiglu_grouped_forward: negative count for expert " + std::to_string(x_id));
+    if (m > 0) {
+      swiglu_forward(out + row * d, h1 + row * f, h3 + row * f, act + row * f, x + row * d,
+                     w1 + x_id * f * d, w3 + x_id * f * d, w2 + x_id * d * f, m, d, f);
+    }
+    row += m;
+  }
+}
+
+template <typename T>
+void swiglu_grouped_backward(T* dx, T* dw1, T* dw3, T* dw2, T* dh1, T* dh3, const T* dout,
+                             const T* x, const T* h1, const T* h3, const T* act, const T* w1,
+                             const T* w3, const T* w2, const std::int64_t* counts, std::int64_t e,
+                             std::int64_t d, std::int64_t f) {
+  MOETUNE_CHECK(e > 0 && counts, "swiglu_grouped_backward: need e > 0 and counts");
+  std::int64_t row = 0;
+  for (std::int64_t x_id = 0; x_id < e; x_id++) {
+    const std::int64_t m = counts[x_id];
+    MOETUNE_CHECK(m >= 0,
+                  "swiglu_grouped_backward: negative count for expert " + std::to_string(x_id));
+    if (m > 0) {
+      const std::int64_t w_off = x_id * f * d;
+      swiglu_backward(dx + row * d, dw1 + w_off, dw3 + w_off, dw2 + w_off, dh1 + row * f,
+                      dh3 + row * f, dout + row * d, x + row * d, h1 + row * f, h3 + row * f,
+                      act + row * f, w1 + w_off, w3 + w_off, w2 + w_off, m, d, f);
+    }
+    row += m;
+  }
+}
+
+#define MOETUNE_INSTANTIATE_SWIGLU(T)                                                              \
+  template void swiglu_forward<T>(T*, T*, T*, T*, const T*, const T*, const T*, const T*,          \
+                                  std::int64_t, std::int64_t, std::int64_t);                       \
+  template void swiglu_backward<T>(T*, T*, T*, T*, T*, T*, const T*, const T*, const T*, const T*, \
+                                   const T*, const T*, const T*, const T*, std::int64_t,           \
+                                   std::int64_t, std::int64_t);                                    \
+  template void swiglu_grouped_forward<T>(T*, T*, T*, T*, const T*, const T*, const T*, const T*,  \
+                                          const std::int64_t*, std::int64_t, std::int64_t,         \
+                                          std::int64_t);                                           \
+  template void swiglu_grouped_backward<T>(                                                        \
+      T*, T*, T*, T*, T*, T*, const T*, const T*, const T*, const T*, const T*, const T*,          \
+      const T*, const T*, const std::int64_t*, std::int64_t, std::int64_t, std::int64_t);
+MOETUNE_INSTANTIATE_SWIGLU(float)
+MOETUNE_INSTANTIATE_SWIGLU(double)
+#undef MOETUNE_INSTANTIATE_SWIGLU
+
+}  // namespace moetune::kernels::cpu

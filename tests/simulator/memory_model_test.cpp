@@ -1,0 +1,310 @@
+// The memory model against hand-computed cases on the `tiny` model (V 512, h 64, 2 layers, 4 heads
+// and 2 KV heads of 16, 4 experts of ffn 96, top-2).
+//
+// tiny's parameters, as the simulator splits them (see stage_params):
+//   per layer: attention q, o 64*64*2 + k, v 64*32*2 = 12,288 (split by tp)
+//              norms 2*64 = 128 and router 64*4 = 256 (whole on every tp rank)
+//              experts 4 * 3 * 64 * 96 = 73,728
+//   embedding 512*64 = 32,768 and LM head 32,768 (split by tp); final norm 64 (whole)
+//   tp_split = 2*12,288 + 2*32,768 = 90,112; tp_replicated = 2*384 + 64 = 832;
+//   experts = 2*73,728 = 147,456; P = 90,112 + 832 + 147,456 = 238,400.
+//
+// Every byte count below is a sum of products of small integers, far below 2^53, so the doubles
+// the model computes are exact and are compared with ==. Only the fragmentation allowance (a
+// fraction such as 0.05, not exact in binary) is compared with a relative tolerance.
+#include <catch2/catch.hpp>
+
+#include "core/constraints.hpp"
+#include "core/presets.hpp"
+#include "core/units.hpp"
+#include "simulator/simulator.hpp"
+
+using namespace moetune;
+using simulator::Simulator;
+
+namespace {
+
+constexpr double kP = 238'400;  // all parameters of tiny
+
+// tiny on `devices` CPU ranks of one node, fp32, seq 16, global batch 8.
+Simulator cpu(std::int64_t devices, ModelSpec model = load_model("tiny")) {
+  TrainSpec t;
+  t.seq_len = 16;
+  t.global_batch = 8;
+  t.precision = Precision::Fp32;
+  return Simulator(model, load_cluster("cpu-local", 1, devices), t);
+}
+
+// tiny on `devices` A100s of one p4d node, bf16, seq 16, global batch 8.
+Simulator gpu(std::int64_t devices) {
+  TrainSpec t;
+  t.seq_len = 16;
+  t.global_batch = 8;
+  t.precision = Precision::Bf16;
+  return Simulator(load_model("tiny"), load_cluster("p4d.24xlarge", 1, devices), t);
+}
+
+Layout layout(std::int64_t tp, std::int64_t ep, std::int64_t hs, std::int64_t pp = 1) {
+  Layout l;
+  l.tp = tp;
+  l.ep = ep;
+  l.hs = hs;
+  l.pp = pp;
+  return l;
+}
+
+void require_valid(const Simulator& sim, const Layout& l) {
+  const auto r = check_layout(sim.model(), sim.cluster(), sim.train(), l);
+  INFO((r ? explain(*r, sim.model(), sim.cluster(), sim.train(), l) : std::string("valid")));
+  REQUIRE_FALSE(r.has_value());
+}
+
+}  // namespace
+
+TEST_CASE("stage parameters of tiny", "[simulator][memory]") {
+  const Simulator sim = cpu(1);
+  const simulator::StageParams sp = sim.stage_params(layout(1, 1, 1), 0);
+  CHECK(sp.tp_split == 90'112);
+  CHECK(sp.tp_replicated == 832);
+  CHECK(sp.experts == 147'456);
+  CHECK(sp.tp_split + sp.tp_replicated + sp.experts == kP);
+  CHECK(sp.moe_layers == 2);
+  CHECK(sp.dense_layers == 0);
+  CHECK(sp.first);
+  CHECK(sp.last);
+  // Largest all-gather unit: a layer, 12,288 + 384 + 73,728 = 86,400 > the 32,768 embedding.
+  CHECK(sp.largest_unit == 86'400);
+  CHECK(static_cast<double>(param_counts(sim.model()).total) == kP);
+}
+
+TEST_CASE("(a) no parallelism: 16 bytes per parameter plus the bf16 working copy",
+          "[simulator][memory]") {
+  SECTION("CPU, fp32: the master is the working copy") {
+    const Simulator sim = cpu(1);
+    const MemoryBreakdown m = sim.memory(layout(1, 1, 1), nullptr);
+    CHECK(m.parameters == 4 * kP);  // 953,600
+    CHECK(m.gradients == 4 * kP);
+    CHECK(m.optimizer == 8 * kP);
+    CHECK(m.gathered_parameters == 0);
+  }
+  SECTION("GPU, bf16: fp32 master plus a resident bf16 copy") {
+    const Simulator sim = gpu(1);
+    const MemoryBreakdown m = sim.memory(layout(1, 1, 1), nullptr);
+    CHECK(m.parameters == 4 * kP + 2 * kP);  // 1,430,400
+    CHECK(m.gradients == 4 * kP);
+    CHECK(m.optimizer == 8 * kP);
+    CHECK(m.gathered_parameters == 0);
+  }
+}
+
+TEST_CASE("(b) hs=2 shards model state and gathers one layer ahead", "[simulator][memory]") {
+  // Shard = P / 2 = 119,200; largest unit 86,400 (a whole layer at tp = ep = 1).
+  SECTION("fp32") {
+    const Simulator sim = cpu(2);
+    const Layout l = layout(1, 1, 2);
+    require_valid(sim, l);
+    const MemoryBreakdown m = sim.memory(l, nullptr);
+    CHECK(m.parameters == 4 * kP / 2);  // 476,800
+    CHECK(m.optimizer == 8 * kP / 2);   // 953,600
+    // Layer in use + layer prefetched: 2 * 4 bytes * 86,400 = 691,200.
+    CHECK(m.gathered_parameters == 2 * 4 * 86'400.0);
+    // Sharded fp32 accumulators + the unsharded gradients of two layers in flight.
+    CHECK(m.gradients == 4 * kP / 2 + 2 * 4 * 86'400.0);  // 1,168,000
+  }
+  SECTION("bf16: no resident working copy, gathered layers in bf16") {
+    const Simulator sim = gpu(2);
+    const MemoryBreakdown m = sim.memory(layout(1, 1, 2), nullptr);
+    CHECK(m.parameters == 4 * kP / 2);
+    CHECK(m.gathered_parameters == 2 * 2 * 86'400.0);  // 345,600
+  }
+}
+
+TEST_CASE("(c) ep=2 halves the expert parameters only", "[simulator][memory]") {
+  const Simulator sim = cpu(2);
+  const Layout l = layout(1, 2, 1);
+  require_valid(sim, l);
+  // local = 90,112 + 832 + 147,456 / 2 = 164,672.
+  const MemoryBreakdown m = sim.memory(l, nullptr);
+  CHECK(m.parameters == 4 * 164'672.0);
+  CHECK(m.gradients == 4 * 164'672.0);
+  CHECK(m.optimizer == 8 * 164'672.0);
+}
+
+TEST_CASE("(d) tp=2 halves tp_split, keeps tp_replicated whole", "[simulator][memory]") {
+  const Simulator sim = cpu(2);
+  const Layout l = layout(2, 1, 1);
+  require_valid(sim, l);
+  // local = 90,112 / 2 + 832 + 147,456 / 2 = 45,056 + 832 + 73,728 = 119,616.
+  const MemoryBreakdown m = sim.memory(l, nullptr);
+  CHECK(m.parameters == 4 * 119'616.0);
+  CHECK(m.optimizer == 8 * 119'616.0);
+  // Not P / 2 = 119,200: the 832 replicated weights are not split.
+  CHECK(m.parameters != 4 * kP / 2);
+}
+
+TEST_CASE("(e) optimizer offload moves master and Adam state to the host", "[simulator][memory]") {
+  SECTION("hs=8 on 8 A100s, bf16") {
+    const Simulator sim = gpu(8);
+    Layout l = layout(1, 1, 8);
+    l.optimizer_offload = true;
+    require_valid(sim, l);
+    double host_per_node = -1;
+    const MemoryBreakdown m = sim.memory(l, &host_per_node);
+    // Shard = 238,400 / 8 = 29,800.
+    CHECK(m.optimizer == 0);
+    CHECK(m.parameters == 2 * 29'800.0);  // the bf16 working shard
+    CHECK(m.gradients == 4 * 29'800.0 + 2 * 2 * 86'400.0);
+    // Host: master 4 + Adam 8 + gradient staging 4 = 16 bytes per shard parameter, for each of
+    // the 8 devices of the node: 8 * 16 * 29,800 = 3,814,400.
+    CHECK(host_per_node == 8 * 16 * 29'800.0);
+    const Prediction p = sim.predict(l);
+    CHECK(p.host_memory_bytes_per_node == 3'814'400.0);
+  }
+  SECTION("no sharding: the whole working copy stays on the device") {
+    const Simulator sim = gpu(1);
+    Layout l = layout(1, 1, 1);
+    l.optimizer_offload = true;
+    double host_per_node = -1;
+    const MemoryBreakdown m = sim.memory(l, &host_per_node);
+    CHECK(m.parameters == 2 * kP);
+    CHECK(m.optimizer == 0);
+    CHECK(host_per_node == 16 * kP);
+  }
+  SECTION("without offload nothing is on the host") {
+    double host_per_node = -1;
+    (void)gpu(8).memory(layout(1, 1, 8), &host_per_node);
+    CHECK(host_per_node == 0);
+  }
+}
+
+TEST_CASE("(g) layer activations of tiny: micro-batch 1, seq 16, tp 1, fp32, no flash attention",
+          "[simulator][memory]") {
+  // a = 4 bytes, T = 16 tokens, h = 64, q = 64, kv = 32, 4 heads, k = 2, E = 4, f = 96,
+  // Tr = T * k * 1 (ep = 1: no imbalance) = 32. cpu-zen4 has flash_attention = false.
+  const Simulator sim = cpu(1);
+  REQUIRE_FALSE(sim.cluster().device.flash_attention);
+  const Layout l = layout(1, 1, 1);
+  CHECK(sim.expert_load_factor(l) == 1.0);
+  const simulator::LayerActivations act = sim.layer_activations(l);
+  // Layer input: a*T*h = 4*16*64 = 4,096.
+  CHECK(act.input == 4'096);
+  // RMSNorm: input 4,096 + fp32 1/rms 4*16 = 64 -> 4,160.
+  // Attention: norm 4,160 + norm output 4,096 + q, k, v 4*16*(64 + 2*32) = 8,192
+  //            + attention output 4*16*64 = 4,096 + softmax probabilities a*b*heads*s*s
+  //            = 4*1*4*16*16 = 4,096 -> 24,640.
+  CHECK(act.attention == 24'640);
+  // MoE: norm 4,160 + norm output 4,096 + router probabilities 4*T*E = 4*16*4 = 256
+  //      + top-k indices and weights 8*T*k = 8*16*2 = 256
+  //      + Tr * (permuted inputs a*h + w1/w3/SwiGLU outputs a*3*f + expert outputs a*h)
+  //      = 32 * (256 + 1,152 + 256) = 53,248 -> 62,016.
+  CHECK(act.moe == 62'016);
+  // Dense FFN (unused by tiny, computed anyway): norm 4,160 + 4,096 + a*T*3*ffn = 4*16*288
+  // = 18,432 -> 26,688.
+  CHECK(act.dense_ffn == 26'688);
+
+  // The whole model on one rank, no recompute: 2 layers of (24,640 + 62,016) = 173,312, plus on
+  // the last stage the final-norm input a*T*h = 4,096 and fp32 logits 4*T*V = 4*16*512 = 32,768.
+  const MemoryBreakdown m = sim.memory(l, nullptr);
+  CHECK(m.activations == 173'312 + 4'096 + 32'768);
+  // All-to-all buffers of one MoE layer: a*h*(T*k + Tr) = 4*64*(32 + 32) = 16,384.
+  CHECK(m.communication_buffers == 16'384);
+  CHECK(m.workspace == 0.25 * kGiB);
+  // 0.05 is not exact in binary: allow a few ulps for the order of the sum.
+  CHECK(m.fragmentation == Approx(0.05 * (m.activations + m.communication_buffers)).epsilon(1e-12));
+  CHECK(m.total() == m.parameters + m.gradients + m.optimizer + m.gathered_parameters +
+                         m.activations + m.communication_buffers + m.workspace + m.fragmentation);
+}
+
+TEST_CASE("(g') flash attention keeps one fp32 log-sum-exp per query row", "[simulator][memory]") {
+  // Same as above on an A100 (flash attention) in bf16: a = 2.
+  // Attention: norm 2*16*64 + 4*16 = 2,112; + 2,048 + 2*16*128 = 4,096 + 2,048
+  //            + 4*b*heads*s = 4*1*4*16 = 256 -> 10,560.
+  const Simulator sim = gpu(1);
+  REQUIRE(sim.cluster().device.flash_attention);
+  CHECK(sim.layer_activations(layout(1, 1, 1)).attention == 10'560);
+}
+
+TEST_CASE("(f) recompute and activation offload lower device activations", "[simulator][memory]") {
+  // tiny stretched to 8 layers so that offloading has layers to move.
+  ModelSpec deep = load_model("tiny");
+  deep.num_hidden_layers = 8;
+  const Simulator sim = cpu(1, deep);
+  const double per_layer = 24'640 + 62'016;  // 86,656, as in (g)
+  const double last_stage = 4'096 + 32'768;  // final-norm input and logits
+  Layout none = layout(1, 1, 1);
+  const MemoryBreakdown kept = sim.memory(none, nullptr);
+  CHECK(kept.activations == 8 * per_layer + last_stage);  // 693,248 + 36,864 = 730,112
+
+  SECTION("full recompute keeps only each layer's input plus one layer's working set") {
+    Layout full = none;
+    full.recompute = Recompute::Full;
+    const MemoryBreakdown m = sim.memory(full, nullptr);
+    CHECK(m.activations == 8 * 4'096 + per_layer + last_stage);  // 32,768 + 86,656 + 36,864
+    CHECK(m.activations < kept.activations);
+  }
+  SECTION("activation offload keeps two layers on the device, the rest on the host") {
+    Layout off = none;
+    off.activation_offload = true;
+    double host = -1;
+    const MemoryBreakdown m = sim.memory(off, &host);
+    CHECK(m.activations == 2 * per_layer + last_stage);
+    CHECK(m.activations < kept.activations);
+    CHECK(host == 6 * per_layer);  // one device per node here
+  }
+}
+
+TEST_CASE("(h) pp=2: stage 0 holds 2 micro-batches in flight", "[simulator][memory]") {
+  const Simulator sim = cpu(2);
+  const Layout l = layout(1, 1, 1, 2);
+  require_valid(sim, l);
+  REQUIRE(grad_accum_steps(sim.train(), l) == 8);  // 8 / (1 x dp 1) >= 2
+  // Stage 0: layer 0 + embedding = 12,288 + 384 + 73,728 + 32,768 = 119,168 parameters;
+  // stage 1: layer 1 + LM head + final norm = 119,232.
+  const simulator::StageParams s0 = sim.stage_params(l, 0);
+  const simulator::StageParams s1 = sim.stage_params(l, 1);
+  CHECK(s0.tp_split + s0.tp_replicated + s0.experts == 119'168);
+  CHECK(s1.tp_split + s1.tp_replicated + s1.experts == 119'232);
+  CHECK((s0.first && !s0.last && !s1.first && s1.last));
+  // 1F1B: stage 0 keeps pp - 0 = 2 micro-batches of its one layer: 2 * 86,656 = 173,312 bytes;
+  // stage 1 keeps 1 * 86,656 + 36,864 (logits) = 123,520. Stage 0 is the worst rank: its
+  // activations outweigh stage 1's 64 extra parameters (1,024 bytes of state).
+  const MemoryBreakdown m = sim.memory(l, nullptr);
+  CHECK(m.activations == 2 * (24'640 + 62'016));
+  CHECK(m.parameters == 4 * 119'168.0);
+
+  SECTION("never more micro-batches than the step has") {
+    TrainSpec one = sim.train();
+    one.global_batch = 1;  // a single micro-batch (the planner rejects this; the model caps it)
+    const Simulator capped(sim.model(), sim.cluster(), one);
+    CHECK(capped.memory(l, nullptr).activations < m.activations);
+  }
+}
+
+TEST_CASE("predict: fits, reasons and derived figures", "[simulator][predict]") {
+  SECTION("tiny fits one CPU rank") {
+    const Simulator sim = cpu(1);
+    const Prediction p = sim.predict(layout(1, 1, 1));
+    CHECK(p.fits);
+    CHECK(p.reason.empty());
+    CHECK(p.peak_memory_bytes == p.memory.total());
+    CHECK(p.device_memory_bytes == 12 * kGiB);
+    CHECK(p.step_time_s > 0);
+    // tokens per step 16 * 8 = 128.
+    CHECK(p.tokens_per_s == Approx(128.0 / p.step_time_s).epsilon(1e-12));
+    CHECK(p.tokens_per_s_per_device == Approx(p.tokens_per_s).epsilon(1e-12));
+    // MFU = model FLOPs rate / peak fp32 rate of the CPU (0.083 TFLOPS).
+    CHECK(p.mfu == Approx(p.tflops_per_device / 0.083).epsilon(1e-12));
+    CHECK(p.cost_per_step_usd == 0);  // cpu-local has no price
+  }
+  SECTION("Mixtral 8x7B does not fit one A100 and says why") {
+    TrainSpec t;
+    t.seq_len = 2048;
+    t.global_batch = 8;
+    const Simulator sim(load_model("mixtral-8x7b"), load_cluster("p4d.24xlarge", 1, 1), t);
+    const Prediction p = sim.predict(layout(1, 1, 1));
+    CHECK_FALSE(p.fits);
+    CHECK_THAT(p.reason,
+               Catch::Contains("of 40.0 GiB per device") && Catch::Contains("model state"));
+    CHECK(p.peak_memory_bytes > 16 * 46.7e9);  // 16 bytes per parameter alone
+  }
+}
