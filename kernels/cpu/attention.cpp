@@ -11,6 +11,7 @@
 
 #include "core/error.hpp"
 #include "kernels/cpu/gemm.hpp"
+#include "kernels/cpu/parallel.hpp"
 
 namespace moetune::kernels::cpu {
 
@@ -35,9 +36,10 @@ void masked_softmax_row(T* row, std::int64_t s, std::int64_t i, std::int64_t win
     max_score = std::max(max_score, row[j]);
   double sum = 0;
   for (std::int64_t j = lo; j <= i; j++) {
-    const double e = std::exp(double(row[j] - max_score));
-    row[j] = T(e);
-    sum += e;
+    // exp in T (expf for float: within an ulp, and much faster); the sum in double.
+    const T e = std::exp(row[j] - max_score);
+    row[j] = e;
+    sum += double(e);
   }
   const double inv = 1.0 / sum;
   for (std::int64_t j = 0; j < lo; j++)
@@ -62,8 +64,11 @@ void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, std::
   const std::int64_t q_stride = hq * dh;
   const std::int64_t kv_stride = hkv * dh;
   const T scale = T(1.0 / std::sqrt(double(dh)));
-  for (std::int64_t bi = 0; bi < b; bi++) {
-    for (std::int64_t h = 0; h < hq; h++) {
+  // (batch, query head) pairs are independent: split them over the kernel threads.
+  const SingleThreadedBlas one_blas_thread;
+  parallel_for(b * hq, 1, [&](std::int64_t pair_begin, std::int64_t pair_end) {
+    for (std::int64_t pair = pair_begin; pair < pair_end; pair++) {
+      const std::int64_t bi = pair / hq, h = pair % hq;
       const std::int64_t kvh = h / group;
       const T* q_bh = q + bi * s * q_stride + h * dh;     // [S,Dh], row stride Hq*Dh
       const T* k_bh = k + bi * s * kv_stride + kvh * dh;  // [S,Dh], row stride Hkv*Dh
@@ -77,7 +82,7 @@ void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, std::
       // out = att v
       gemm<T>(false, false, s, dh, s, T(1), att_bh, s, v_bh, kv_stride, T(0), out_bh, q_stride);
     }
-  }
+  });
 }
 
 template <typename T>
@@ -93,9 +98,13 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
   const T scale = T(1.0 / std::sqrt(double(dh)));
   std::fill(dk, dk + b * s * kv_stride, T(0));
   std::fill(dv, dv + b * s * kv_stride, T(0));
-  std::vector<T> dscores(static_cast<std::size_t>(s * s));  // [S,S]: d(att), then d(scores)
-  for (std::int64_t bi = 0; bi < b; bi++) {
-    for (std::int64_t h = 0; h < hq; h++) {
+  // (batch, kv head) groups are independent (dk, dv sum over a group's query heads): split them
+  // over the kernel threads, each with its own scratch.
+  const SingleThreadedBlas one_blas_thread;
+  parallel_for(b * hkv, 1, [&](std::int64_t group_begin, std::int64_t group_end) {
+    std::vector<T> dscores(static_cast<std::size_t>(s * s));  // [S,S]: d(att), then d(scores)
+    for (std::int64_t pair = group_begin * group; pair < group_end * group; pair++) {
+      const std::int64_t bi = pair / hq, h = pair % hq;
       const std::int64_t kvh = h / group;
       const T* q_bh = q + bi * s * q_stride + h * dh;
       const T* k_bh = k + bi * s * kv_stride + kvh * dh;
@@ -127,7 +136,7 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
       gemm<T>(true, false, s, dh, s, scale, dscores.data(), s, q_bh, q_stride, T(1), dk_bh,
               kv_stride);
     }
-  }
+  });
 }
 
 #define MOETUNE_INSTANTIATE_ATTENTION(T)                                                     \

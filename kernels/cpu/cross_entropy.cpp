@@ -4,8 +4,10 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "core/error.hpp"
+#include "kernels/cpu/parallel.hpp"
 
 namespace moetune::kernels::cpu {
 
@@ -20,9 +22,11 @@ void check_target(std::int32_t target, std::int64_t v, std::int64_t row) {
 template <typename T>
 double row_logsumexp(const T* x, std::int64_t v) {
   const double max_x = double(*std::max_element(x, x + v));
+  // exp in T (expf for float, within an ulp), accumulated in double.
+  const T max_t = T(max_x);
   double sum = 0;
   for (std::int64_t j = 0; j < v; j++)
-    sum += std::exp(double(x[j]) - max_x);
+    sum += double(std::exp(x[j] - max_t));
   return max_x + std::log(sum);
 }
 
@@ -43,19 +47,28 @@ double cross_entropy_forward(T* losses, const T* logits, const std::int32_t* tar
   MOETUNE_CHECK(n >= 0 && v > 0, "cross_entropy_forward: need n >= 0 and v > 0");
   if (n == 0) return 0.0;
   MOETUNE_CHECK(logits && targets, "cross_entropy_forward: null buffer");
-  double sum = 0;
-  std::int64_t count = 0;
-  for (std::int64_t i = 0; i < n; i++) {
+  for (std::int64_t i = 0; i < n; i++)
     check_target(targets[i], v, i);
-    double loss = 0;
-    if (targets[i] != kIgnoreIndex) {
-      const T* x = logits + i * v;  // [V]
-      loss = row_logsumexp(x, v) - double(x[targets[i]]);
-      sum += loss;
-      count++;
+  // Rows in parallel; per-chunk sums added in chunk order (reproducible for a thread count).
+  const std::int64_t min_rows = std::max<std::int64_t>(1, (1 << 15) / v);
+  std::vector<double> partial(static_cast<std::size_t>(parallel_chunks(n, min_rows)), 0.0);
+  parallel_for_chunks(n, min_rows, [&](std::int64_t chunk, std::int64_t begin, std::int64_t end) {
+    double sum = 0;
+    for (std::int64_t i = begin; i < end; i++) {
+      double loss = 0;
+      if (targets[i] != kIgnoreIndex) {
+        const T* x = logits + i * v;  // [V]
+        loss = row_logsumexp(x, v) - double(x[targets[i]]);
+        sum += loss;
+      }
+      if (losses) losses[i] = T(loss);
     }
-    if (losses) losses[i] = T(loss);
-  }
+    partial[static_cast<std::size_t>(chunk)] = sum;
+  });
+  double sum = 0;
+  for (double p : partial)
+    sum += p;
+  const std::int64_t count = count_targets(targets, n);
   return count > 0 ? sum / double(count) : 0.0;
 }
 
@@ -67,19 +80,24 @@ void cross_entropy_backward(T* dlogits, const T* logits, const std::int32_t* tar
   MOETUNE_CHECK(dlogits && logits && targets, "cross_entropy_backward: null buffer");
   const std::int64_t count = count_targets(targets, n);
   const double scale = count > 0 ? dloss / double(count) : 0.0;
-  for (std::int64_t i = 0; i < n; i++) {
+  for (std::int64_t i = 0; i < n; i++)
     check_target(targets[i], v, i);
-    const T* x = logits + i * v;  // [V]
-    T* dx = dlogits + i * v;      // [V], may be x
-    if (targets[i] == kIgnoreIndex) {
-      std::fill(dx, dx + v, T(0));
-      continue;
+  const std::int64_t min_rows = std::max<std::int64_t>(1, (1 << 15) / v);
+  parallel_for(n, min_rows, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t i = begin; i < end; i++) {
+      const T* x = logits + i * v;  // [V]
+      T* dx = dlogits + i * v;      // [V], may be x
+      if (targets[i] == kIgnoreIndex) {
+        std::fill(dx, dx + v, T(0));
+        continue;
+      }
+      const double lse = row_logsumexp(x, v);
+      const T lse_t = T(lse), scale_t = T(scale);
+      for (std::int64_t j = 0; j < v; j++)
+        dx[j] = scale_t * std::exp(x[j] - lse_t);
+      dx[targets[i]] -= T(scale);
     }
-    const double lse = row_logsumexp(x, v);
-    for (std::int64_t j = 0; j < v; j++)
-      dx[j] = T(scale * std::exp(double(x[j]) - lse));
-    dx[targets[i]] -= T(scale);
-  }
+  });
 }
 
 template double cross_entropy_forward<float>(float*, const float*, const std::int32_t*,

@@ -77,4 +77,12 @@ template void gemm<double>(bool, bool, std::int64_t, std::int64_t, std::int64_t,
                            const double*, std::int64_t, const double*, std::int64_t, double,
                            double*, std::int64_t);
 
+SingleThreadedBlas::SingleThreadedBlas() : saved_(openblas_get_num_threads()) {
+  openblas_set_num_threads(1);
+}
+
+SingleThreadedBlas::~SingleThreadedBlas() {
+  openblas_set_num_threads(saved_);
+}
+
 }  // namespace moetune::kernels::cpu

@@ -3,8 +3,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/error.hpp"
+#include "kernels/cpu/parallel.hpp"
 
 namespace moetune::kernels::cpu {
 
@@ -22,24 +24,36 @@ void adamw_step(T* param, T* m, T* v, const T* grad, std::int64_t n, const AdamW
   const double bias1 = 1.0 - std::pow(hp.beta1, double(step));
   const double bias2 = 1.0 - std::pow(hp.beta2, double(step));
   const double decay = 1.0 - hp.lr * hp.weight_decay;
-  for (std::int64_t i = 0; i < n; i++) {
-    const double g = double(grad[i]) * grad_scale;
-    const double mi = hp.beta1 * double(m[i]) + (1.0 - hp.beta1) * g;
-    const double vi = hp.beta2 * double(v[i]) + (1.0 - hp.beta2) * g * g;
-    m[i] = T(mi);
-    v[i] = T(vi);
-    const double p = double(param[i]) * decay;
-    param[i] = T(p - hp.lr * (mi / bias1) / (std::sqrt(vi / bias2) + hp.eps));
-  }
+  // Elementwise and memory-bound: every thread takes its own stretch of the arrays.
+  parallel_for(n, 1 << 16, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t i = begin; i < end; i++) {
+      const double g = double(grad[i]) * grad_scale;
+      const double mi = hp.beta1 * double(m[i]) + (1.0 - hp.beta1) * g;
+      const double vi = hp.beta2 * double(v[i]) + (1.0 - hp.beta2) * g * g;
+      m[i] = T(mi);
+      v[i] = T(vi);
+      const double p = double(param[i]) * decay;
+      param[i] = T(p - hp.lr * (mi / bias1) / (std::sqrt(vi / bias2) + hp.eps));
+    }
+  });
 }
 
 template <typename T>
 double sum_of_squares(const T* x, std::int64_t n) {
   MOETUNE_CHECK(n >= 0, "sum_of_squares: negative n");
   MOETUNE_CHECK(n == 0 || x, "sum_of_squares: null buffer");
+  // Partial sums per chunk, added in chunk order: the same result for the same thread count.
+  constexpr std::int64_t kMinChunk = 1 << 16;
+  std::vector<double> partial(static_cast<std::size_t>(parallel_chunks(n, kMinChunk)), 0.0);
+  parallel_for_chunks(n, kMinChunk, [&](std::int64_t chunk, std::int64_t begin, std::int64_t end) {
+    double sum = 0;
+    for (std::int64_t i = begin; i < end; i++)
+      sum += double(x[i]) * double(x[i]);
+    partial[static_cast<std::size_t>(chunk)] = sum;
+  });
   double sum = 0;
-  for (std::int64_t i = 0; i < n; i++)
-    sum += double(x[i]) * double(x[i]);
+  for (double s : partial)
+    sum += s;
   return sum;
 }
 
