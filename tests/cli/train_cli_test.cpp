@@ -1,0 +1,78 @@
+// `moetune train` and `moetune data` end to end: a short run writes run.jsonl and a checkpoint;
+// bad plans, data and checkpoints give one line and exit status 2 and leave earlier files alone.
+#include <catch2/catch.hpp>
+
+#include <fstream>
+
+#include "cli_support.hpp"
+#include "core/run_log.hpp"
+
+using namespace moetune;
+using moetune::test::TempDir;
+
+namespace {
+
+const std::vector<std::string> kTinyTrain = {"train", "--model",        "tiny", "--seq",
+                                             "16",    "--global-batch", "4",    "--quiet"};
+
+TEST_CASE("cli: train writes run.jsonl, checkpoints and resumes", "[cli][train]") {
+  TempDir dir;
+  const std::string metrics = (dir / "run.jsonl").string();
+  const std::string ckpt = (dir / "ckpt").string();
+  const Result first = run_moetune(
+      with(kTinyTrain, {"--steps", "3", "--metrics", metrics, "--checkpoint-dir", ckpt}));
+  INFO("stderr: " << first.err);
+  REQUIRE(first.status == 0);
+  CHECK_THAT(first.out, Catch::Contains("trained tiny"));
+  const RunLog log = read_run_log(metrics);
+  CHECK(log.steps.size() == 3);
+  CHECK(log.header.backend == "cpu");
+  CHECK(log.steps.back().phases_s.count("experts") == 1);
+  const Result resumed = run_moetune(with(
+      kTinyTrain, {"--steps", "5", "--metrics", metrics, "--checkpoint-dir", ckpt, "--resume"}));
+  REQUIRE(resumed.status == 0);
+  CHECK_THAT(resumed.out, Catch::Contains("steps 4-5"));
+}
+
+TEST_CASE("cli: train refuses bad plans and data with one line", "[cli][train][errors]") {
+  TempDir dir;
+  SECTION("a plan with pipeline stages") {
+    const std::string plan = (dir / "plan.json").string();
+    REQUIRE(run_moetune({"plan", "--model", "tiny", "--cluster", "cpu-local", "--nodes", "1",
+                         "--devices-per-node", "2", "--seq", "16", "--global-batch", "8", "--pp",
+                         "2", "--out", plan})
+                .status == 0);
+    const std::string metrics = (dir / "run.jsonl").string();
+    dir.write("run.jsonl", "keep me\n");
+    check_one_error_line(run_moetune({"train", "--plan", plan, "--metrics", metrics}), "pp = 1");
+    CHECK(test::read_text(metrics) == "keep me\n");  // nothing overwritten
+  }
+  SECTION("a token file for another vocabulary") {
+    const std::string data = (dir / "data.bin").string();
+    REQUIRE(run_moetune({"data", "synth", "--vocab", "1000", "--tokens", "5000", "--out", data})
+                .status == 0);
+    check_one_error_line(run_moetune(with(kTinyTrain, {"--data", data})), "vocabulary 1000");
+  }
+  SECTION("a file that is not a token file") {
+    const auto data = dir.write("data.bin", "definitely not tokens");
+    check_one_error_line(run_moetune(with(kTinyTrain, {"--data", data.string()})));
+  }
+  SECTION("a corrupted checkpoint") {
+    const std::string ckpt = (dir / "ckpt").string();
+    REQUIRE(run_moetune(with(kTinyTrain, {"--steps", "1", "--checkpoint-dir", ckpt})).status == 0);
+    const auto tensors = dir / "ckpt" / "step-00000001" / "tensors.safetensors";
+    {
+      std::fstream f(tensors, std::ios::in | std::ios::out | std::ios::binary);
+      f.seekp(-5, std::ios::end);
+      f.put('\x7f');
+    }
+    check_one_error_line(
+        run_moetune(with(kTinyTrain, {"--steps", "2", "--checkpoint-dir", ckpt, "--resume"})),
+        "checksum");
+  }
+  SECTION("neither a plan nor a model") {
+    check_one_error_line(run_moetune({"train", "--steps", "1"}), "--plan");
+  }
+}
+
+}  // namespace
