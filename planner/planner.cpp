@@ -174,7 +174,7 @@ SearchResult search(const ModelSpec& model, const ClusterSpec& cluster, const Tr
             }
             bool orders_ready = false;
             std::vector<MeshOrder> orders;
-            std::vector<std::array<GroupPlacement, kNumGroups>> placements;
+            std::vector<Mesh> meshes;
             for (std::int64_t mb : mbs) {
               l.micro_batch = mb;
               const auto per_variant =
@@ -193,7 +193,7 @@ SearchResult search(const ModelSpec& model, const ClusterSpec& cluster, const Tr
                 for (const MeshOrder& order : orders) {
                   Layout o = l;
                   o.order = order;
-                  placements.push_back(Mesh(o, cluster.devices_per_node).placements());
+                  meshes.emplace_back(o, cluster.devices_per_node);
                 }
                 orders_ready = true;
               }
@@ -203,7 +203,7 @@ SearchResult search(const ModelSpec& model, const ClusterSpec& cluster, const Tr
                   l.recompute = rc;
                   for (bool offload : offloads) {
                     l.optimizer_offload = offload;
-                    const Prediction p = sim.predict(l, placements[i]);
+                    const Prediction p = sim.predict(l, meshes[i]);
                     ++result.considered;
                     ++result.simulated;
                     Candidate c;

@@ -28,7 +28,7 @@ StageParams Simulator::stage_params(const Layout& l, std::int64_t stage) const {
   sp.last = stage == l.pp - 1;
   double largest_unit = 0;
   for (std::int64_t layer = stage * per_stage; layer < (stage + 1) * per_stage; ++layer) {
-    const LayerParams p = layer_params(m, layer);
+    const LayerParams& p = layer_params_[static_cast<std::size_t>(layer)];
     // Split by tp: q, k, v, o (and their biases), shared expert, dense FFN. Whole on every tp rank:
     // the two norms, the router, the q/k norms.
     const double qk_norm = m.qk_norm ? 2.0 * static_cast<double>(m.head_dim) : 0.0;

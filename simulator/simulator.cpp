@@ -22,17 +22,19 @@ std::string gib(double bytes) {
 }  // namespace
 
 Simulator::Simulator(const ModelSpec& model, const ClusterSpec& cluster, const TrainSpec& train)
-    : model_(model), cluster_(cluster), train_(train) {
+    : model_(model), cluster_(cluster), train_(train), collectives_(cluster) {
+  for (std::int64_t l = 0; l < model_.num_hidden_layers; ++l) {
+    layer_params_.push_back(layer_params(model_, l));
+  }
   model_flops_per_token_ =
       flops_per_token(model_, train_.seq_len, AttentionFlops::Causal).training();
 }
 
 Prediction Simulator::predict(const Layout& layout) const {
-  return predict(layout, Mesh(layout, cluster_.devices_per_node).placements());
+  return predict(layout, Mesh(layout, cluster_.devices_per_node));
 }
 
-Prediction Simulator::predict(const Layout& layout,
-                              const std::array<GroupPlacement, kNumGroups>& placements) const {
+Prediction Simulator::predict(const Layout& layout, const Mesh& mesh) const {
   Prediction p;
   p.memory = memory(layout, &p.host_memory_bytes_per_node);
   p.peak_memory_bytes = p.memory.total();
@@ -51,7 +53,7 @@ Prediction Simulator::predict(const Layout& layout,
   } else {
     p.fits = true;
   }
-  p.time = time(layout, placements);
+  p.time = time(layout, mesh);
   p.step_time_s = p.time.step;
   const double tokens = static_cast<double>(train_.tokens_per_step());
   const double devices = static_cast<double>(cluster_.world_size());

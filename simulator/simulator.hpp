@@ -8,6 +8,8 @@
 
 #include "core/mesh.hpp"
 #include "core/plan.hpp"
+#include "simulator/collectives.hpp"
+#include "simulator/step_builder.hpp"
 
 namespace moetune::simulator {
 
@@ -43,10 +45,9 @@ class Simulator {
   const TrainSpec& train() const { return train_; }
 
   Prediction predict(const Layout& layout) const;
-  // Same, with the mesh's group placements already computed (the planner shares them between
-  // layouts that differ only in micro-batch, recompute or offloading).
-  Prediction predict(const Layout& layout,
-                     const std::array<GroupPlacement, kNumGroups>& placements) const;
+  // Same, with the layout's mesh already built (the planner shares it between layouts that differ
+  // only in micro-batch, recompute or offloading).
+  Prediction predict(const Layout& layout, const Mesh& mesh) const;
 
   // Pieces of the model, exposed for tests and for the time model.
   StageParams stage_params(const Layout& layout, std::int64_t stage) const;
@@ -58,14 +59,20 @@ class Simulator {
   // busiest stage).
   MemoryBreakdown memory(const Layout& layout, double* host_bytes_per_node,
                          double* offloaded_activation_bytes_per_micro_batch = nullptr) const;
-  TimeBreakdown time(const Layout& layout,
-                     const std::array<GroupPlacement, kNumGroups>& placements) const;
+  TimeBreakdown time(const Layout& layout, const Mesh& mesh) const;
+  // Per-op costs of one micro-batch on a pipeline stage, the input of the step schedule.
+  StageCosts stage_costs(const Layout& layout, const Mesh& mesh, std::int64_t stage) const;
+  const CollectiveModel& collectives() const { return collectives_; }
+  // Every op of one micro-batch on the first stage with its start and end.
+  std::vector<TimelineOp> timeline(const Layout& layout) const;
 
  private:
   ModelSpec model_;
   ClusterSpec cluster_;
   TrainSpec train_;
-  double model_flops_per_token_ = 0;  // training, causal attention
+  CollectiveModel collectives_;            // topology graph and cached collective costs
+  std::vector<LayerParams> layer_params_;  // [layer], computed once
+  double model_flops_per_token_ = 0;       // training, causal attention
 };
 
 // Simulates a whole plan with default settings.
