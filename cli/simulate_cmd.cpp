@@ -1,6 +1,7 @@
 // `moetune simulate`: the prediction for one layout, from a plan.json or from flags.
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <memory>
 
 #include "cli/commands.hpp"
@@ -18,7 +19,39 @@ struct SimulateOptions {
   SetupOptions setup;
   LayoutOptions layout;
   bool json = false;
+  bool timeline = false;
 };
+
+// One micro-batch on the first pipeline stage, layer by layer: when each layer's forward and
+// backward ran on the compute stream, and how long communication streams were busy for it.
+void print_timeline(const std::vector<simulator::TimelineOp>& ops) {
+  struct Row {
+    double fwd_start = 1e300, fwd_end = 0, bwd_start = 1e300, bwd_end = 0, comm = 0;
+  };
+  std::map<std::int32_t, Row> rows;
+  for (const auto& op : ops) {
+    Row& r = rows[op.layer];
+    if (op.stream == "compute") {
+      if (op.backward) {
+        r.bwd_start = std::min(r.bwd_start, op.start_s);
+        r.bwd_end = std::max(r.bwd_end, op.end_s);
+      } else {
+        r.fwd_start = std::min(r.fwd_start, op.start_s);
+        r.fwd_end = std::max(r.fwd_end, op.end_s);
+      }
+    } else {
+      r.comm += op.end_s - op.start_s;
+    }
+  }
+  std::printf("timeline of one micro-batch on stage 0 (ms; -1 = embedding and LM head):\n");
+  std::printf("%6s %10s %10s %10s %10s %10s\n", "layer", "fwd start", "fwd end", "bwd start",
+              "bwd end", "comm busy");
+  for (const auto& [layer, r] : rows) {
+    auto ms = [](double s) { return s >= 1e299 ? -1.0 : s * 1e3; };
+    std::printf("%6d %10.2f %10.2f %10.2f %10.2f %10.2f\n", layer, ms(r.fwd_start),
+                ms(r.fwd_end), ms(r.bwd_start), ms(r.bwd_end), r.comm * 1e3);
+  }
+}
 
 void print_prediction(const Plan& plan, const Prediction& p) {
   const MemoryBreakdown& m = p.memory;
@@ -85,11 +118,25 @@ void run(const SimulateOptions& o) {
   }
   const Prediction p = simulator::simulate(plan);
   if (o.json) {
-    std::cout << prediction_json(plan.layout, p).dump(2) << "\n";
+    Json j = prediction_json(plan.layout, p);
+    if (o.timeline) {
+      Json ops = Json::array();
+      const simulator::Simulator sim(plan.model, plan.cluster, plan.train);
+      for (const auto& op : sim.timeline(plan.layout)) {
+        ops.push_back({{"phase", op.phase}, {"stream", op.stream}, {"layer", op.layer},
+                       {"backward", op.backward}, {"start_s", op.start_s}, {"end_s", op.end_s}});
+      }
+      j["timeline"] = ops;
+    }
+    std::cout << j.dump(2) << "\n";
   } else {
     std::printf("moetune simulate: %s\n",
                 describe_setup({plan.model, plan.cluster, plan.train}).c_str());
     print_prediction(plan, p);
+    if (o.timeline) {
+      const simulator::Simulator sim(plan.model, plan.cluster, plan.train);
+      print_timeline(sim.timeline(plan.layout));
+    }
   }
 }
 
@@ -103,6 +150,8 @@ void register_simulate(CLI::App& app) {
   add_setup_options(*cmd, o->setup, false);
   add_layout_options(*cmd, o->layout);
   cmd->add_flag("--json", o->json, "print JSON");
+  cmd->add_flag("--timeline", o->timeline,
+                "also print one micro-batch's schedule, layer by layer (every op with --json)");
   cmd->callback([o] { run(*o); });
 }
 

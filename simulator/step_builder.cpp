@@ -175,7 +175,7 @@ MicroBatchSchedule StepBuilder::run(Built& b, const StageCosts& costs) {
 }
 
 MicroBatchSchedule StepBuilder::micro_batch(const StageCosts& costs) {
-  constexpr std::int64_t kPeriodicFrom = 2;
+  constexpr std::int64_t kPeriodicFrom = 3;
   if (costs.layers <= kPeriodicFrom + 1) return run(graph_for(costs, costs.layers), costs);
   const MicroBatchSchedule a = run(graph_for(costs, kPeriodicFrom), costs);
   MicroBatchSchedule out = run(graph_for(costs, kPeriodicFrom + 1), costs);
