@@ -30,7 +30,7 @@ TEST_CASE("every preset folder is found and not empty", "[core][json][presets]")
   // silently fails to list (wrong profiles_dir) cannot pass as "every preset loads".
   CHECK(preset_names("models").size() == 8);
   CHECK(preset_names("gpus").size() == 7);
-  CHECK(preset_names("clusters").size() == 7);
+  CHECK(preset_names("clusters").size() == 8);
 }
 
 TEST_CASE("every model preset loads and round-trips", "[core][json][presets]") {
