@@ -49,13 +49,59 @@ Plan plan_from_flags(const TrainCmdOptions& o) {
   return plan;
 }
 
-void run(const TrainCmdOptions& o) {
+// With --plan, the optimizer flags adjust the plan's schedule; everything else comes from the plan.
+Plan plan_from_file(const TrainCmdOptions& o, const CLI::App& cmd) {
+  for (const char* flag : {"--cluster",
+                           "--nodes",
+                           "--devices-per-node",
+                           "--seq",
+                           "--global-batch",
+                           "--precision",
+                           "--load-balancing",
+                           "--aux-loss-coef",
+                           "--z-loss-coef",
+                           "--capacity-factor",
+                           "--dispatcher",
+                           "--seed",
+                           "--tp",
+                           "--pp",
+                           "--vpp",
+                           "--ep",
+                           "--hs",
+                           "--order",
+                           "--micro-batch",
+                           "--recompute",
+                           "--optimizer-offload",
+                           "--activation-offload"}) {
+    if (cmd.count(flag) > 0) {
+      throw InputError(std::string("train --plan takes the model, cluster, batch and layout from "
+                                   "the plan; leave out ") +
+                       flag + " or plan again");
+    }
+  }
+  Plan plan = read_plan_file(o.plan);
+  OptimizerSpec& opt = plan.train.optimizer;
+  const SetupOptions& s = o.setup;
+  if (s.lr) opt.lr = *s.lr;
+  if (s.min_lr) opt.min_lr = *s.min_lr;
+  if (s.warmup_steps) opt.warmup_steps = *s.warmup_steps;
+  if (s.decay_steps) opt.decay_steps = *s.decay_steps;
+  if (s.weight_decay) opt.weight_decay = *s.weight_decay;
+  if (s.grad_clip) opt.grad_clip = *s.grad_clip;
+  if (opt.lr <= 0 || opt.min_lr < 0 || opt.min_lr > opt.lr || opt.warmup_steps < 0 ||
+      opt.decay_steps < 1 || opt.weight_decay < 0 || opt.grad_clip < 0) {
+    throw InputError(
+        "the optimizer flags leave an invalid schedule (lr > 0, 0 <= min-lr <= lr, "
+        "warmup >= 0, decay >= 1, weight decay and clip >= 0)");
+  }
+  return plan;
+}
+
+void run(const TrainCmdOptions& o, const CLI::App& cmd) {
   if (o.plan.empty() == o.setup.model.empty()) {
     throw InputError("train needs either --plan FILE or --model M");
   }
-  Plan plan = o.plan.empty() ? plan_from_flags(o) : read_plan_file(o.plan);
-  if (!o.plan.empty() && o.setup.decay_steps)
-    plan.train.optimizer.decay_steps = *o.setup.decay_steps;
+  const Plan plan = o.plan.empty() ? plan_from_flags(o) : plan_from_file(o, cmd);
   executor::TrainOptions t;
   t.steps = o.steps;
   t.data = o.data;
@@ -118,7 +164,7 @@ void register_train(CLI::App& app) {
   cmd->add_option("--export-hf", o->export_hf,
                   "write config.json + model.safetensors here at the end");
   cmd->add_flag("--quiet", o->quiet, "no progress line");
-  cmd->callback([o] { run(*o); });
+  cmd->callback([o, cmd] { run(*o, *cmd); });
 }
 
 }  // namespace moetune::cli
