@@ -10,6 +10,9 @@
 #include "cli/common.hpp"
 #include "core/error.hpp"
 #include "executor/trainer.hpp"
+#ifdef MOETUNE_HAVE_MPI
+#include "executor/comm/mpi_communicator.hpp"
+#endif
 
 namespace moetune::cli {
 
@@ -111,8 +114,23 @@ void run(const TrainCmdOptions& o, const CLI::App& cmd) {
   t.metrics = o.metrics;
   t.init_from = o.init_from;
   t.export_hf = o.export_hf;
-  executor::Trainer trainer(plan, t);
-  const bool terminal = !o.quiet && ::isatty(STDERR_FILENO) != 0;
+  // A plan for several ranks trains under MPI: `mpirun -np W moetune train --plan plan.json`.
+  int rank = 0;
+#ifdef MOETUNE_HAVE_MPI
+  std::unique_ptr<executor::MpiRuntime> mpi;  // finalises MPI after the groups below are freed
+#endif
+  executor::ProcessGroups groups;
+  executor::ProcessGroups* group_ptr = nullptr;
+#ifdef MOETUNE_HAVE_MPI
+  if (executor::MpiRuntime::launched_with_several_ranks()) {
+    mpi = std::make_unique<executor::MpiRuntime>(nullptr, nullptr);
+    groups = executor::make_mpi_groups(plan.layout, plan.cluster.devices_per_node);
+    group_ptr = &groups;
+    rank = groups.world->rank();
+  }
+#endif
+  executor::Trainer trainer(plan, t, group_ptr);
+  const bool terminal = rank == 0 && !o.quiet && ::isatty(STDERR_FILENO) != 0;
   const std::int64_t first_step = trainer.step();
   double first_loss = -1, last_loss = 0, elapsed = 0;
   std::vector<double> rates;
@@ -130,16 +148,19 @@ void run(const TrainCmdOptions& o, const CLI::App& cmd) {
     }
   });
   if (terminal) std::fprintf(stderr, "\n");
+  if (rank != 0) return;
   if (rates.empty()) {
     std::printf("nothing to do: the checkpoint is already at step %lld of %lld\n",
                 static_cast<long long>(trainer.step()), static_cast<long long>(o.steps));
     return;
   }
   std::sort(rates.begin(), rates.end());
-  std::printf("trained %s (%s) for steps %lld-%lld: loss %.4f -> %.4f, median %.0f tokens/s\n",
-              plan.model.name.c_str(), describe(plan.layout).c_str(),
-              static_cast<long long>(first_step + 1), static_cast<long long>(trainer.step()),
-              first_loss, last_loss, rates[rates.size() / 2]);
+  std::printf(
+      "trained %s (%s, %lld ranks) for steps %lld-%lld: loss %.4f -> %.4f, median %.0f "
+      "tokens/s\n",
+      plan.model.name.c_str(), describe(plan.layout).c_str(),
+      static_cast<long long>(plan.layout.world_size()), static_cast<long long>(first_step + 1),
+      static_cast<long long>(trainer.step()), first_loss, last_loss, rates[rates.size() / 2]);
 }
 
 }  // namespace

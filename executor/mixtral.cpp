@@ -72,11 +72,55 @@ std::size_t sz(T n) {
 
 }  // namespace
 
+namespace {
+
+int group_size(const Communicator* c) {
+  return c != nullptr ? c->size() : 1;
+}
+int group_rank(const Communicator* c) {
+  return c != nullptr ? c->rank() : 0;
+}
+
+// Copies rows between the [peer][local expert] layout all-to-all uses and the [local expert][peer]
+// layout the grouped expert GEMMs need. counts[p * experts + j]: rows of peer p for expert j.
+void regroup(float* dst, const float* src, const std::vector<std::int64_t>& counts,
+             std::int64_t peers, std::int64_t experts, std::int64_t d, bool to_expert_major) {
+  std::vector<std::int64_t> peer_major(static_cast<std::size_t>(peers * experts));
+  std::vector<std::int64_t> expert_major(peer_major.size());
+  std::int64_t at = 0;
+  for (std::int64_t p = 0; p < peers; ++p) {
+    for (std::int64_t j = 0; j < experts; ++j) {
+      peer_major[static_cast<std::size_t>(p * experts + j)] = at;
+      at += counts[static_cast<std::size_t>(p * experts + j)];
+    }
+  }
+  at = 0;
+  for (std::int64_t j = 0; j < experts; ++j) {
+    for (std::int64_t p = 0; p < peers; ++p) {
+      expert_major[static_cast<std::size_t>(p * experts + j)] = at;
+      at += counts[static_cast<std::size_t>(p * experts + j)];
+    }
+  }
+  for (std::size_t b = 0; b < counts.size(); ++b) {
+    const std::int64_t from = to_expert_major ? peer_major[b] : expert_major[b];
+    const std::int64_t to = to_expert_major ? expert_major[b] : peer_major[b];
+    std::copy(src + from * d, src + (from + counts[b]) * d, dst + to * d);
+  }
+}
+
+}  // namespace
+
 MixtralModel::MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::int64_t batch,
-                           std::int64_t seq_len)
+                           std::int64_t seq_len, ModelParallel parallel)
     : model_(model),
       moe_(moe),
-      layout_(model),
+      parallel_(parallel),
+      ep_size_(group_size(parallel.ep)),
+      ep_rank_(group_rank(parallel.ep)),
+      local_experts_(model.num_local_experts / group_size(parallel.ep)),
+      dp_size_(group_size(parallel.dp)),
+      layout_(model, group_rank(parallel.ep) * (model.num_local_experts / group_size(parallel.ep)),
+              model.num_local_experts / group_size(parallel.ep)),
       batch_(batch),
       seq_(seq_len),
       tokens_(batch * seq_len) {
@@ -214,7 +258,9 @@ MicroBatchLoss MixtralModel::forward(const float* params, const std::int32_t* id
       a.rows = a.offsets[sz(e)];
       k::permute_forward<float>(a.xp.data(), a.h2n.data(), a.row_slot.data(), a.rows, kk, d);
     }
-    {
+    if (ep_size_ > 1) {
+      experts_forward(a, o, params, times);
+    } else {
       PhaseTimer t(times, "experts");
       k::swiglu_grouped_forward<float>(a.yp.data(), a.h1.data(), a.h3.data(), a.act.data(),
                                        a.xp.data(), params + o.w1[0], params + o.w3[0],
@@ -238,9 +284,14 @@ MicroBatchLoss MixtralModel::forward(const float* params, const std::int32_t* id
     loss.targets = k::count_targets(targets_.data(), n);
   }
   if (moe_.load_balancing != LoadBalancing::Sinkhorn) {
-    // Hugging Face averages the routing statistics over the tokens of all layers together.
+    // Hugging Face averages the routing statistics over the tokens of all layers together; with
+    // data parallelism over the tokens of every rank too, so the loss is that of the whole batch.
+    if (dp_size_ > 1) {
+      parallel_.dp->all_reduce(aux_counts_.data(), e);
+      parallel_.dp->all_reduce(aux_prob_sum_.data(), e);
+    }
     loss.aux = k::aux_loss_from_stats(aux_counts_.data(), aux_prob_sum_.data(),
-                                      n * m.num_hidden_layers, e);
+                                      n * m.num_hidden_layers * dp_size_, e);
   }
   return loss;
 }
@@ -273,7 +324,9 @@ void MixtralModel::backward(const float* params, float* grads, double loss_scale
       k::unpermute_combine_backward<float>(dyp_.data(), dtopk_w_.data(), dx_.data(), a.yp.data(),
                                            a.topk_w.data(), a.slot_row.data(), n, kk, d);
     }
-    {
+    if (ep_size_ > 1) {
+      experts_backward(a, o, params, grads, times);
+    } else {
       PhaseTimer t(times, "experts");
       k::swiglu_grouped_backward<float>(
           dxp_.data(), grads + o.w1[0], grads + o.w3[0], grads + o.w2[0], dh1_.data(), dh3_.data(),
@@ -293,8 +346,9 @@ void MixtralModel::backward(const float* params, float* grads, double loss_scale
         const float* dprobs = nullptr;
         if (aux_on) {
           std::fill(dprobs_.begin(), dprobs_.end(), 0.0f);
-          k::aux_loss_backward<float>(dprobs_.data(), aux_counts_.data(), n * m.num_hidden_layers,
-                                      n, e, loss_scale * moe_.aux_loss_coef);
+          k::aux_loss_backward<float>(
+              dprobs_.data(), aux_counts_.data(), n * m.num_hidden_layers * dp_size_, n, e,
+              loss_scale * static_cast<double>(dp_size_) * moe_.aux_loss_coef);
           dprobs = dprobs_.data();
         }
         k::router_backward<float>(drouter_.data(), dtopk_w_.data(), dprobs, a.probs.data(),
@@ -338,6 +392,100 @@ void MixtralModel::backward(const float* params, float* grads, double loss_scale
   {
     PhaseTimer t(times, "lm_head");
     k::embedding_backward<float>(grads + layout_.embedding(), dx_.data(), ids_.data(), n, v, d);
+  }
+}
+
+void MixtralModel::experts_forward(LayerActs& a, const LayerOffsets& o, const float* params,
+                                   PhaseTimes* times) {
+  const std::int64_t d = model_.hidden_size, f = model_.moe_intermediate_size;
+  const std::int64_t el = local_experts_, peers = ep_size_;
+  Communicator& ep = *parallel_.ep;
+  std::vector<std::int64_t> send_rows(static_cast<std::size_t>(peers)),
+      recv_rows(static_cast<std::size_t>(peers)), per_peer(static_cast<std::size_t>(peers), el);
+  {
+    PhaseTimer t(times, "dispatch");
+    // Rows per (peer, local expert) first, then the rows themselves.
+    a.recv_counts.assign(static_cast<std::size_t>(peers * el), 0);
+    ep.all_to_all(a.counts.data(), per_peer, a.recv_counts.data(), per_peer);
+    a.recv_rows = 0;
+    for (std::int64_t p = 0; p < peers; ++p) {
+      std::int64_t out = 0, in = 0;
+      for (std::int64_t j = 0; j < el; ++j) {
+        out += a.counts[static_cast<std::size_t>(p * el + j)];
+        in += a.recv_counts[static_cast<std::size_t>(p * el + j)];
+      }
+      send_rows[static_cast<std::size_t>(p)] = out * d;
+      recv_rows[static_cast<std::size_t>(p)] = in * d;
+      a.recv_rows += in;
+    }
+    exchange_.resize(static_cast<std::size_t>(a.recv_rows * d));
+    ep.all_to_all(a.xp.data(), send_rows, exchange_.data(), recv_rows);
+    a.xg.resize(exchange_.size());
+    regroup(a.xg.data(), exchange_.data(), a.recv_counts, peers, el, d, true);
+    a.local_counts.assign(static_cast<std::size_t>(el), 0);
+    for (std::int64_t p = 0; p < peers; ++p) {
+      for (std::int64_t j = 0; j < el; ++j) {
+        a.local_counts[static_cast<std::size_t>(j)] +=
+            a.recv_counts[static_cast<std::size_t>(p * el + j)];
+      }
+    }
+  }
+  {
+    PhaseTimer t(times, "experts");
+    const auto rows = static_cast<std::size_t>(a.recv_rows);
+    a.h1.resize(rows * static_cast<std::size_t>(f));
+    a.h3.resize(a.h1.size());
+    a.act.resize(a.h1.size());
+    exchange2_.resize(rows * static_cast<std::size_t>(d));
+    k::swiglu_grouped_forward<float>(exchange2_.data(), a.h1.data(), a.h3.data(), a.act.data(),
+                                     a.xg.data(), params + o.w1[0], params + o.w3[0],
+                                     params + o.w2[0], a.local_counts.data(), el, d, f);
+  }
+  {
+    PhaseTimer t(times, "combine");
+    regroup(exchange_.data(), exchange2_.data(), a.recv_counts, peers, el, d, false);
+    ep.all_to_all(exchange_.data(), recv_rows, a.yp.data(), send_rows);
+  }
+}
+
+void MixtralModel::experts_backward(LayerActs& a, const LayerOffsets& o, const float* params,
+                                    float* grads, PhaseTimes* times) {
+  const std::int64_t d = model_.hidden_size, f = model_.moe_intermediate_size;
+  const std::int64_t el = local_experts_, peers = ep_size_;
+  Communicator& ep = *parallel_.ep;
+  std::vector<std::int64_t> send_rows(static_cast<std::size_t>(peers)),
+      recv_rows(static_cast<std::size_t>(peers));
+  for (std::int64_t p = 0; p < peers; ++p) {
+    std::int64_t out = 0, in = 0;
+    for (std::int64_t j = 0; j < el; ++j) {
+      out += a.counts[static_cast<std::size_t>(p * el + j)];
+      in += a.recv_counts[static_cast<std::size_t>(p * el + j)];
+    }
+    send_rows[static_cast<std::size_t>(p)] = out * d;
+    recv_rows[static_cast<std::size_t>(p)] = in * d;
+  }
+  const auto rows = static_cast<std::size_t>(a.recv_rows);
+  {
+    PhaseTimer t(times, "combine");
+    // The gradients of the expert outputs go back to the ranks that computed them.
+    exchange_.resize(rows * static_cast<std::size_t>(d));
+    ep.all_to_all(dyp_.data(), send_rows, exchange_.data(), recv_rows);
+    exchange2_.resize(exchange_.size());
+    regroup(exchange2_.data(), exchange_.data(), a.recv_counts, peers, el, d, true);
+  }
+  {
+    PhaseTimer t(times, "experts");
+    std::vector<float> dx(exchange_.size()), dh1(rows * static_cast<std::size_t>(f)),
+        dh3(dh1.size());
+    k::swiglu_grouped_backward<float>(
+        dx.data(), grads + o.w1[0], grads + o.w3[0], grads + o.w2[0], dh1.data(), dh3.data(),
+        exchange2_.data(), a.xg.data(), a.h1.data(), a.h3.data(), a.act.data(), params + o.w1[0],
+        params + o.w3[0], params + o.w2[0], a.local_counts.data(), el, d, f);
+    regroup(exchange_.data(), dx.data(), a.recv_counts, peers, el, d, false);
+  }
+  {
+    PhaseTimer t(times, "dispatch");
+    ep.all_to_all(exchange_.data(), recv_rows, dxp_.data(), send_rows);
   }
 }
 

@@ -13,6 +13,7 @@
 
 #include "core/model_spec.hpp"
 #include "core/train_spec.hpp"
+#include "executor/comm/communicator.hpp"
 #include "executor/parameters.hpp"
 
 namespace moetune::executor {
@@ -31,10 +32,16 @@ struct MicroBatchLoss {
 // Seconds spent per phase, named as the simulator names them.
 using PhaseTimes = std::map<std::string, double>;
 
+// The groups a model needs when it runs on several ranks (null: one rank).
+struct ModelParallel {
+  Communicator* ep = nullptr;  // expert parallel: this rank holds E / ep experts of every layer
+  Communicator* dp = nullptr;  // data parallel: the load-balancing statistics are summed over it
+};
+
 class MixtralModel {
  public:
   MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::int64_t batch,
-               std::int64_t seq_len);
+               std::int64_t seq_len, ModelParallel parallel = {});
 
   const ModelSpec& spec() const { return model_; }
   const ParameterLayout& layout() const { return layout_; }
@@ -45,7 +52,10 @@ class MixtralModel {
   // every activation for backward(). logits() holds [B*S, V] afterwards.
   MicroBatchLoss forward(const float* params, const std::int32_t* ids, const std::int32_t* targets,
                          PhaseTimes* times = nullptr);
-  // Adds loss_scale * d(total loss)/d(params) into grads, for the last forward().
+  // Adds loss_scale * d(total loss)/d(params) into grads, for the last forward(). With data
+  // parallelism, loss_scale carries the 1/dp of the mean over ranks; the load-balancing loss is
+  // already global (statistics summed over the dp group), so its gradient is scaled by
+  // loss_scale * dp.
   void backward(const float* params, float* grads, double loss_scale, PhaseTimes* times = nullptr);
 
   const std::vector<float>& logits() const { return logits_; }
@@ -63,10 +73,23 @@ class MixtralModel {
     std::vector<std::int64_t> counts, offsets, slot_row, row_slot;
     std::int64_t rows = 0;  // permuted rows kept
     std::vector<float> xp, h1, h3, act, yp;
+    // Expert parallelism: rows this rank's experts received, [peer][local expert] counts, and the
+    // received inputs regrouped expert-major ([local expert][peer][rows]).
+    std::vector<std::int64_t> recv_counts, local_counts;
+    std::int64_t recv_rows = 0;
+    std::vector<float> xg;
   };
+
+  // Expert parallelism: send each routed row to the rank owning its expert, run the local experts,
+  // send the outputs back. `in` [rows, D] in dispatch order (expert-major over all experts).
+  void experts_forward(LayerActs& a, const LayerOffsets& o, const float* params, PhaseTimes* times);
+  void experts_backward(LayerActs& a, const LayerOffsets& o, const float* params, float* grads,
+                        PhaseTimes* times);
 
   ModelSpec model_;
   MoeOptions moe_;
+  ModelParallel parallel_;
+  std::int64_t ep_size_ = 1, ep_rank_ = 0, local_experts_ = 0, dp_size_ = 1;
   ParameterLayout layout_;
   std::int64_t batch_, seq_, tokens_;
   std::vector<float> rope_cos_, rope_sin_;
@@ -80,6 +103,7 @@ class MixtralModel {
   // Backward scratch.
   std::vector<float> dx_, dx_mid_, dtmp_, dh_, dq_, dk_, dv_, dctx_, drouter_, dprobs_, dtopk_w_;
   std::vector<float> dxp_, dyp_, dh1_, dh3_;
+  std::vector<float> exchange_, exchange2_;  // expert-parallel staging, [rows, D]
 };
 
 }  // namespace moetune::executor

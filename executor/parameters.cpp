@@ -35,8 +35,12 @@ std::int64_t ParameterLayout::add(std::string name, std::vector<std::int64_t> sh
   return tensors_.back().offset;
 }
 
-ParameterLayout::ParameterLayout(const ModelSpec& m) {
+ParameterLayout::ParameterLayout(const ModelSpec& m, std::int64_t first_expert,
+                                 std::int64_t experts)
+    : first_expert_(first_expert), local_experts_(experts < 0 ? m.num_local_experts : experts) {
   MOETUNE_CHECK(m.family == ModelFamily::Mixtral, "the executor trains Mixtral-family models");
+  MOETUNE_CHECK(first_expert_ >= 0 && first_expert_ + local_experts_ <= m.num_local_experts,
+                "expert range outside the model's experts");
   const std::int64_t d = m.hidden_size;
   embedding_ = add("model.embed_tokens.weight", {m.vocab_size, d}, false, false);
   for (std::int64_t i = 0; i < m.num_hidden_layers; ++i) {
@@ -55,13 +59,14 @@ ParameterLayout::ParameterLayout(const ModelSpec& m) {
     auto expert = [&](std::int64_t e, const char* w) {
       return p + "block_sparse_moe.experts." + std::to_string(e) + "." + w + ".weight";
     };
-    for (std::int64_t e = 0; e < m.num_local_experts; ++e) {
+    const std::int64_t e_end = first_expert_ + local_experts_;
+    for (std::int64_t e = first_expert_; e < e_end; ++e) {
       l.w1.push_back(add(expert(e, "w1"), {f, d}, true, false));
     }
-    for (std::int64_t e = 0; e < m.num_local_experts; ++e) {
+    for (std::int64_t e = first_expert_; e < e_end; ++e) {
       l.w2.push_back(add(expert(e, "w2"), {d, f}, true, false));
     }
-    for (std::int64_t e = 0; e < m.num_local_experts; ++e) {
+    for (std::int64_t e = first_expert_; e < e_end; ++e) {
       l.w3.push_back(add(expert(e, "w3"), {f, d}, true, false));
     }
     layers_.push_back(std::move(l));
@@ -80,8 +85,11 @@ const ParamTensor& ParameterLayout::find(const std::string& name) const {
 void initialise_parameters(const ParameterLayout& layout, float* params, std::uint64_t seed,
                            double std) {
   for (const ParamTensor& t : layout.tensors()) {
-    // One stream per tensor, keyed by its index, so adding a tensor does not shift the others.
-    Xoshiro256 rng(seed ^ (0x51ED27ULL * static_cast<std::uint64_t>(t.offset + 1)));
+    // One stream per tensor, keyed by its name (FNV-1a), so every layout draws the same values.
+    std::uint64_t key = 0xcbf29ce484222325ULL;
+    for (unsigned char ch : t.name)
+      key = (key ^ ch) * 0x100000001b3ULL;
+    Xoshiro256 rng(seed ^ key);
     float* p = params + t.offset;
     for (std::int64_t i = 0; i < t.numel; ++i) {
       p[i] = t.is_norm ? 1.0f : static_cast<float>(std * normal(rng));

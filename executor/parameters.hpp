@@ -28,7 +28,13 @@ struct LayerOffsets {
 
 class ParameterLayout {
  public:
-  explicit ParameterLayout(const ModelSpec& model);
+  // All experts, or (expert parallelism) only experts [first_expert, first_expert + experts) of
+  // every layer; tensor names keep the global expert index.
+  explicit ParameterLayout(const ModelSpec& model, std::int64_t first_expert = 0,
+                           std::int64_t experts = -1);
+
+  std::int64_t first_expert() const { return first_expert_; }
+  std::int64_t local_experts() const { return local_experts_; }
 
   const std::vector<ParamTensor>& tensors() const { return tensors_; }
   std::int64_t numel() const { return numel_; }
@@ -45,10 +51,12 @@ class ParameterLayout {
   std::vector<LayerOffsets> layers_;
   std::int64_t numel_ = 0;
   std::int64_t embedding_ = 0, final_norm_ = 0, lm_head_ = 0;
+  std::int64_t first_expert_ = 0, local_experts_ = 0;
 };
 
-// Norm weights 1, everything else normal(0, std) from xoshiro256** (executor/io/synth.hpp), so the
-// values do not depend on the platform's standard library.
+// Norm weights 1, everything else normal(0, std) from xoshiro256** (executor/io/synth.hpp), seeded
+// per tensor by its name: the values do not depend on the platform's standard library, nor on
+// which tensors a rank holds (every layout starts from the same model).
 void initialise_parameters(const ParameterLayout& layout, float* params, std::uint64_t seed,
                            double std = 0.02);
 

@@ -41,7 +41,7 @@ std::string hostname() {
 
 }  // namespace
 
-void check_runnable_on_cpu(const Plan& plan) {
+void check_runnable_on_cpu(const Plan& plan, std::int64_t ranks) {
   const Layout& l = plan.layout;
   if (l.pp > 1) {
     throw InputError("the executor runs pp = 1 (no pipeline stages yet); this plan has pp=" +
@@ -60,10 +60,18 @@ void check_runnable_on_cpu(const Plan& plan) {
                      to_string(plan.train.precision) +
                      "; the CPU backend trains fp32 plans for a cpu cluster such as cpu-local");
   }
-  if (l.world_size() != 1) {
-    throw InputError("this plan has " + std::to_string(l.world_size()) +
-                     " ranks; a single process trains world size 1 (plan with --nodes 1 "
-                     "--devices-per-node 1)");
+  if (l.world_size() != ranks) {
+    throw InputError("this plan has " + std::to_string(l.world_size()) + " ranks but " +
+                     std::to_string(ranks) +
+                     (ranks == 1 ? " process runs it; start it with `mpirun -np " +
+                                       std::to_string(l.world_size()) + " moetune train ...`"
+                                 : " processes run it"));
+  }
+  if (ranks > 1 && (l.tp > 1 || l.hs > 1)) {
+    throw InputError(
+        "the distributed CPU executor runs expert parallelism and replicas (tp = 1, "
+        "hs = 1) so far; this plan has tp=" +
+        std::to_string(l.tp) + " hs=" + std::to_string(l.hs));
   }
   if (auto r = check_layout(plan.model, plan.cluster, plan.train, plan.layout)) {
     throw InputError("layout " + describe(l) +
@@ -71,15 +79,29 @@ void check_runnable_on_cpu(const Plan& plan) {
   }
 }
 
-Trainer::Trainer(const Plan& plan, const TrainOptions& options) : plan_(plan), options_(options) {
-  check_runnable_on_cpu(plan_);
+Trainer::Trainer(const Plan& plan, const TrainOptions& options, ProcessGroups* groups)
+    : plan_(plan), options_(options), groups_(groups) {
+  const std::int64_t ranks = groups_ != nullptr ? groups_->world->size() : 1;
+  check_runnable_on_cpu(plan_, ranks);
+  if (ranks > 1 && !options_.checkpoint_dir.empty()) {
+    throw InputError(
+        "checkpoints of a run on several ranks (sharded, one file per rank) are not "
+        "built yet; leave out --checkpoint-dir");
+  }
+  if (groups_ != nullptr) {
+    dp_rank_ = (*groups_)[Group::DataParallel].rank();
+    dp_size_ = (*groups_)[Group::DataParallel].size();
+  }
   if (options_.steps < 1) throw InputError("--steps must be at least 1");
   if (options_.resume && options_.checkpoint_dir.empty()) {
     throw InputError("--resume needs --checkpoint-dir");
   }
   accum_ = grad_accum_steps(plan_.train, plan_.layout);
+  ModelParallel parallel;
+  if (groups_ != nullptr && plan_.layout.ep > 1) parallel.ep = &(*groups_)[Group::Ep];
+  if (dp_size_ > 1) parallel.dp = &(*groups_)[Group::DataParallel];
   model_ = std::make_unique<MixtralModel>(plan_.model, plan_.train.moe, plan_.layout.micro_batch,
-                                          plan_.train.seq_len);
+                                          plan_.train.seq_len, parallel);
   const auto n = static_cast<std::size_t>(model_->layout().numel());
   params_.assign(n, 0.0f);
   grads_.assign(n, 0.0f);
@@ -104,8 +126,12 @@ Trainer::Trainer(const Plan& plan, const TrainOptions& options) : plan_(plan), o
   ids_.assign(static_cast<std::size_t>(tokens), 0);
   targets_.assign(static_cast<std::size_t>(tokens), 0);
   if (!options_.metrics.empty()) {
-    RunHeader header{plan_, hostname(), "cpu", 0, 1, 1, utc_now()};
-    log_ = std::make_unique<RunLogWriter>(options_.metrics, header, resumed);
+    const int rank = groups_ != nullptr ? groups_->world->rank() : 0;
+    RunHeader header{plan_, hostname(), "cpu", rank, ranks, 1, utc_now()};
+    // Rank 0 writes the file named; every other rank a copy tagged with its rank.
+    std::filesystem::path file = options_.metrics;
+    if (rank > 0) file += ".rank" + std::to_string(rank);
+    log_ = std::make_unique<RunLogWriter>(file, header, resumed);
   }
 }
 
@@ -138,7 +164,8 @@ void Trainer::fill_micro_batch(std::int64_t step, std::int64_t micro) {
   const std::int64_t b = plan_.layout.micro_batch;
   const auto windows = static_cast<std::int64_t>(tokens_.size()) - seq;
   for (std::int64_t i = 0; i < b; ++i) {
-    const std::int64_t g = step * plan_.train.global_batch + micro * b + i;
+    // Data-parallel rank d reads sequences [d * b, (d + 1) * b) of each micro-batch slot.
+    const std::int64_t g = step * plan_.train.global_batch + (micro * dp_size_ + dp_rank_) * b + i;
     const std::int64_t start = (g * seq) % windows;
     for (std::int64_t s = 0; s < seq; ++s) {
       const auto at = static_cast<std::size_t>(start + s);
@@ -153,14 +180,15 @@ StepRecord Trainer::train_step() {
   PhaseTimes phases;
   StepRecord rec;
   std::fill(grads_.begin(), grads_.end(), 0.0f);
-  const double scale = 1.0 / static_cast<double>(accum_);
+  // The loss is the mean over micro-batches and data-parallel ranks.
+  const double scale = 1.0 / static_cast<double>(accum_ * dp_size_);
   for (std::int64_t micro = 0; micro < accum_; ++micro) {
     fill_micro_batch(step_, micro);
     const MicroBatchLoss loss =
         model_->forward(params_.data(), ids_.data(), targets_.data(), &phases);
     model_->backward(params_.data(), grads_.data(), scale, &phases);
     rec.loss += loss.ce * scale;
-    rec.aux_loss += loss.aux * scale;
+    rec.aux_loss += loss.aux / static_cast<double>(accum_);  // already global over dp
     rec.z_loss += loss.z * scale;
     rec.dropped_tokens += model_->dropped_slots();
     const auto counts = model_->tokens_per_expert();
@@ -173,10 +201,17 @@ StepRecord Trainer::train_step() {
       }
     }
   }
+  if (dp_size_ > 1) {
+    double sums[2] = {rec.loss, rec.z_loss};
+    (*groups_)[Group::DataParallel].all_reduce(sums, 2);
+    rec.loss = sums[0];
+    rec.z_loss = sums[1];
+  }
+  reduce_gradients();
   {
     const auto opt_start = std::chrono::steady_clock::now();
     const std::int64_t n = static_cast<std::int64_t>(params_.size());
-    rec.grad_norm = std::sqrt(k::sum_of_squares<float>(grads_.data(), n));
+    rec.grad_norm = global_grad_norm();
     const double clip = k::clip_scale(rec.grad_norm, plan_.train.optimizer.grad_clip);
     const OptimizerSpec& o = plan_.train.optimizer;
     rec.lr = learning_rate(o, step_);
@@ -195,6 +230,32 @@ StepRecord Trainer::train_step() {
   rec.peak_memory_bytes =
       static_cast<double>(4 * 4 * params_.size()) + static_cast<double>(model_->activation_bytes());
   return rec;
+}
+
+// Dense gradients are summed over the dense replicate group (ep x rep), expert gradients over the
+// expert replicate group (rep): afterwards every replica holds the gradient of the whole batch.
+void Trainer::reduce_gradients() {
+  if (groups_ == nullptr) return;
+  Communicator& dense = (*groups_)[Group::DenseReplicate];
+  Communicator& expert = (*groups_)[Group::ExpertReplicate];
+  for (const ParamTensor& t : model_->layout().tensors()) {
+    Communicator& c = t.is_expert ? expert : dense;
+    if (c.size() > 1) c.all_reduce(grads_.data() + t.offset, t.numel);
+  }
+}
+
+// Every parameter counted once: dense gradients are the same on every rank after the reduction;
+// each rank of an EP group holds different experts.
+double Trainer::global_grad_norm() const {
+  double dense = 0, experts = 0;
+  for (const ParamTensor& t : model_->layout().tensors()) {
+    const double s = k::sum_of_squares<float>(grads_.data() + t.offset, t.numel);
+    (t.is_expert ? experts : dense) += s;
+  }
+  if (groups_ != nullptr && (*groups_)[Group::Ep].size() > 1) {
+    (*groups_)[Group::Ep].all_reduce(&experts, 1);
+  }
+  return std::sqrt(dense + experts);
 }
 
 void Trainer::run(const std::function<void(const StepRecord&)>& on_step) {

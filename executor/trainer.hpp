@@ -31,13 +31,16 @@ struct TrainOptions {
       batch_source;
 };
 
-// Refuses a plan the CPU executor cannot run, with the reason (pipeline stages, several ranks,
-// GPU precision, a model family other than Mixtral).
-void check_runnable_on_cpu(const Plan& plan);
+// Refuses a plan the CPU executor cannot run, with the reason (pipeline stages, a world size other
+// than the ranks running, layouts not built yet, GPU precision, a model family other than
+// Mixtral). `ranks` is the number of processes taking part.
+void check_runnable_on_cpu(const Plan& plan, std::int64_t ranks = 1);
 
 class Trainer {
  public:
-  Trainer(const Plan& plan, const TrainOptions& options);
+  // `groups` holds this rank's communicators when several ranks train together (MPI); null for
+  // one process.
+  Trainer(const Plan& plan, const TrainOptions& options, ProcessGroups* groups = nullptr);
   ~Trainer();
 
   // Runs until options.steps optimizer steps are done (counting steps restored by resume).
@@ -58,8 +61,13 @@ class Trainer {
   void save_checkpoint_now();
   void restore(const std::filesystem::path& dir);
 
+  void reduce_gradients();
+  double global_grad_norm() const;
+
   Plan plan_;
   TrainOptions options_;
+  ProcessGroups* groups_ = nullptr;
+  std::int64_t dp_rank_ = 0, dp_size_ = 1;
   std::unique_ptr<MixtralModel> model_;
   std::int64_t accum_ = 1;
   std::int64_t step_ = 0;  // optimizer steps done
