@@ -12,5 +12,6 @@ void register_export(CLI::App& app);
 void register_info(CLI::App& app);
 void register_train(CLI::App& app);
 void register_data(CLI::App& app);
+void register_launch(CLI::App& app);
 
 }  // namespace moetune::cli

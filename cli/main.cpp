@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   moetune::cli::register_info(app);
   moetune::cli::register_train(app);
   moetune::cli::register_data(app);
+  moetune::cli::register_launch(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -76,3 +76,50 @@ TEST_CASE("cli: train refuses bad plans and data with one line", "[cli][train][e
 }
 
 }  // namespace
+
+namespace {
+
+// A plan for two CPU ranks: expert parallel over both.
+std::string two_rank_plan(const TempDir& dir) {
+  const std::string plan = (dir / "plan.json").string();
+  REQUIRE(run_moetune({"plan", "--model", "tiny", "--cluster", "cpu-local", "--nodes", "1",
+                       "--devices-per-node", "2", "--seq", "16", "--global-batch", "8", "--ep", "2",
+                       "--hs", "1", "--out", plan})
+              .status == 0);
+  return plan;
+}
+
+TEST_CASE("cli: launch runs a plan on its ranks and writes quoted commands", "[cli][launch]") {
+  TempDir dir;
+  const std::string plan = two_rank_plan(dir);
+  SECTION("local dry run names mpirun, the ranks and the train arguments") {
+    const Result r = run_moetune(
+        {"launch", "--plan", plan, "--dry-run", "--", "--steps", "3", "--metrics", "a b.jsonl"});
+    REQUIRE(r.status == 0);
+    CHECK_THAT(r.out, Catch::StartsWith("mpirun -np 2"));
+    CHECK_THAT(r.out, Catch::Contains("train --plan"));
+    CHECK_THAT(r.out, Catch::Contains("--steps 3 --metrics 'a b.jsonl'"));
+  }
+  SECTION("slurm writes an sbatch script with every argument quoted") {
+    const std::string script = (dir / "job.sbatch").string();
+    const Result r = run_moetune({"launch", "--plan", plan, "--launcher", "slurm", "--script",
+                                  script, "--dry-run", "--", "--data", "it's; rm -rf x.bin"});
+    REQUIRE(r.status == 0);
+    const std::string text = test::read_text(script);
+    CHECK_THAT(text, Catch::Contains("#SBATCH --nodes=1"));
+    CHECK_THAT(text, Catch::Contains("#SBATCH --ntasks-per-node=2"));
+    CHECK_THAT(text, Catch::Contains("--data 'it'\\''s; rm -rf x.bin'"));
+  }
+  SECTION("mpirun without a hostfile is refused") {
+    check_one_error_line(run_moetune({"launch", "--plan", plan, "--launcher", "mpirun"}),
+                         "--hostfile");
+  }
+  SECTION("a local launch trains on both ranks") {
+    const Result r = run_moetune({"launch", "--plan", plan, "--", "--steps", "2", "--quiet"});
+    INFO("stderr: " << r.err);
+    REQUIRE(r.status == 0);
+    CHECK_THAT(r.out, Catch::Contains("2 ranks"));
+  }
+}
+
+}  // namespace
