@@ -67,11 +67,11 @@ void check_runnable_on_cpu(const Plan& plan, std::int64_t ranks) {
                                        std::to_string(l.world_size()) + " moetune train ...`"
                                  : " processes run it"));
   }
-  if (ranks > 1 && (l.tp > 1 || l.hs > 1)) {
+  if (ranks > 1 && l.tp > 1) {
     throw InputError(
-        "the distributed CPU executor runs expert parallelism and replicas (tp = 1, "
-        "hs = 1) so far; this plan has tp=" +
-        std::to_string(l.tp) + " hs=" + std::to_string(l.hs));
+        "the distributed CPU executor runs expert parallelism, hybrid sharding and "
+        "replicas (tp = 1) so far; this plan has tp=" +
+        std::to_string(l.tp));
   }
   if (auto r = check_layout(plan.model, plan.cluster, plan.train, plan.layout)) {
     throw InputError("layout " + describe(l) +
@@ -113,6 +113,11 @@ Trainer::Trainer(const Plan& plan, const TrainOptions& options, ProcessGroups* g
     for (const ParamTensor& t : model_->layout().tensors()) {
       reader.read(t.name, params_.data() + t.offset, t.shape);
     }
+  }
+  if (groups_ != nullptr && plan_.layout.hs > 1) {
+    hs_size_ = (*groups_)[Group::Hs].size();
+    hs_rank_ = (*groups_)[Group::Hs].rank();
+    build_units();
   }
   bool resumed = false;
   if (options_.resume) {
@@ -180,6 +185,7 @@ StepRecord Trainer::train_step() {
   PhaseTimes phases;
   StepRecord rec;
   std::fill(grads_.begin(), grads_.end(), 0.0f);
+  if (hs_size_ > 1) gather_parameters();
   // The loss is the mean over micro-batches and data-parallel ranks.
   const double scale = 1.0 / static_cast<double>(accum_ * dp_size_);
   for (std::int64_t micro = 0; micro < accum_; ++micro) {
@@ -211,13 +217,17 @@ StepRecord Trainer::train_step() {
   {
     const auto opt_start = std::chrono::steady_clock::now();
     const std::int64_t n = static_cast<std::int64_t>(params_.size());
-    rec.grad_norm = global_grad_norm();
+    rec.grad_norm = hs_size_ > 1 ? sharded_grad_norm() : global_grad_norm();
     const double clip = k::clip_scale(rec.grad_norm, plan_.train.optimizer.grad_clip);
     const OptimizerSpec& o = plan_.train.optimizer;
     rec.lr = learning_rate(o, step_);
-    k::AdamWParams hp{rec.lr, o.beta1, o.beta2, o.eps, o.weight_decay};
-    k::adamw_step<float>(params_.data(), adam_m_.data(), adam_v_.data(), grads_.data(), n, hp,
-                         step_ + 1, clip);
+    if (hs_size_ > 1) {
+      sharded_optimizer_step(rec.lr, clip);
+    } else {
+      k::AdamWParams hp{rec.lr, o.beta1, o.beta2, o.eps, o.weight_decay};
+      k::adamw_step<float>(params_.data(), adam_m_.data(), adam_v_.data(), grads_.data(), n, hp,
+                           step_ + 1, clip);
+    }
     phases["optimizer"] +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - opt_start).count();
   }
@@ -227,15 +237,97 @@ StepRecord Trainer::train_step() {
   rec.step_time_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   rec.tokens_per_s = static_cast<double>(rec.tokens) / rec.step_time_s;
   rec.phases_s = phases;
+  const std::size_t state_floats = params_.size() + grads_.size() + adam_m_.size() +
+                                   adam_v_.size() + master_shard_.size() + grad_shard_.size();
   rec.peak_memory_bytes =
-      static_cast<double>(4 * 4 * params_.size()) + static_cast<double>(model_->activation_bytes());
+      static_cast<double>(4 * state_floats) + static_cast<double>(model_->activation_bytes());
   return rec;
 }
 
 // Dense gradients are summed over the dense replicate group (ep x rep), expert gradients over the
 // expert replicate group (rep): afterwards every replica holds the gradient of the whole batch.
+void Trainer::build_units() {
+  const ParameterLayout& layout = model_->layout();
+  std::vector<std::pair<std::int64_t, bool>> starts;  // unit starts in the flat buffer
+  starts.emplace_back(layout.embedding(), false);
+  for (std::int64_t l = 0; l < plan_.model.num_hidden_layers; ++l) {
+    starts.emplace_back(layout.layer(l).input_norm, false);
+    starts.emplace_back(layout.layer(l).w1[0], true);
+  }
+  starts.emplace_back(layout.final_norm(), false);
+  std::int64_t offset = 0;
+  for (std::size_t i = 0; i < starts.size(); ++i) {
+    Unit u;
+    u.begin = starts[i].first;
+    u.end = i + 1 < starts.size() ? starts[i + 1].first : layout.numel();
+    u.experts = starts[i].second;
+    u.shard = (u.end - u.begin + hs_size_ - 1) / hs_size_;
+    u.shard_offset = offset;
+    offset += u.shard;
+    units_.push_back(u);
+  }
+  master_shard_.assign(static_cast<std::size_t>(offset), 0.0f);
+  grad_shard_.assign(master_shard_.size(), 0.0f);
+  // Adam state lives in shards only.
+  adam_m_.assign(master_shard_.size(), 0.0f);
+  adam_v_.assign(master_shard_.size(), 0.0f);
+  for (const Unit& u : units_) {
+    const std::int64_t from = u.begin + hs_rank_ * u.shard;
+    const std::int64_t to = std::min(u.end, from + u.shard);
+    for (std::int64_t i = from; i < to; ++i) {
+      master_shard_[static_cast<std::size_t>(u.shard_offset + i - from)] =
+          params_[static_cast<std::size_t>(i)];
+    }
+  }
+}
+
+// Every unit all-gathered over hs into the working parameters.
+void Trainer::gather_parameters() {
+  Communicator& hs = (*groups_)[Group::Hs];
+  for (const Unit& u : units_) {
+    staging_.resize(static_cast<std::size_t>(u.shard * hs_size_));
+    hs.all_gather(master_shard_.data() + u.shard_offset, staging_.data(), u.shard);
+    std::copy(staging_.begin(), staging_.begin() + (u.end - u.begin), params_.begin() + u.begin);
+  }
+}
+
+// AdamW on this rank's shards; the working parameters are gathered again at the next step.
+void Trainer::sharded_optimizer_step(double lr, double clip) {
+  const OptimizerSpec& o = plan_.train.optimizer;
+  k::AdamWParams hp{lr, o.beta1, o.beta2, o.eps, o.weight_decay};
+  k::adamw_step<float>(master_shard_.data(), adam_m_.data(), adam_v_.data(), grad_shard_.data(),
+                       static_cast<std::int64_t>(master_shard_.size()), hp, step_ + 1, clip);
+}
+
+// Shards are distinct over hs; expert shards are distinct over ep too.
+double Trainer::sharded_grad_norm() const {
+  double sums[2] = {0, 0};  // dense, experts
+  for (const Unit& u : units_) {
+    sums[u.experts ? 1 : 0] +=
+        k::sum_of_squares<float>(grad_shard_.data() + u.shard_offset, u.shard);
+  }
+  (*groups_)[Group::Hs].all_reduce(sums, 2);
+  if ((*groups_)[Group::Ep].size() > 1) (*groups_)[Group::Ep].all_reduce(&sums[1], 1);
+  return std::sqrt(sums[0] + sums[1]);
+}
+
 void Trainer::reduce_gradients() {
   if (groups_ == nullptr) return;
+  if (hs_size_ > 1) {
+    // Reduce-scatter each unit over hs (padded to whole shards), then sum the shard over the
+    // replicas of that unit.
+    Communicator& hs = (*groups_)[Group::Hs];
+    Communicator& dense = (*groups_)[Group::DenseReplicate];
+    Communicator& expert = (*groups_)[Group::ExpertReplicate];
+    for (const Unit& u : units_) {
+      staging_.assign(static_cast<std::size_t>(u.shard * hs_size_), 0.0f);
+      std::copy(grads_.begin() + u.begin, grads_.begin() + u.end, staging_.begin());
+      hs.reduce_scatter(staging_.data(), grad_shard_.data() + u.shard_offset, u.shard);
+      Communicator& replicas = u.experts ? expert : dense;
+      if (replicas.size() > 1) replicas.all_reduce(grad_shard_.data() + u.shard_offset, u.shard);
+    }
+    return;
+  }
   Communicator& dense = (*groups_)[Group::DenseReplicate];
   Communicator& expert = (*groups_)[Group::ExpertReplicate];
   for (const ParamTensor& t : model_->layout().tensors()) {
@@ -269,6 +361,9 @@ void Trainer::run(const std::function<void(const StepRecord&)>& on_step) {
       save_checkpoint_now();
     }
   }
+  // With sharding the working parameters are gathered at the start of each step; gather once
+  // more so params() and exports hold the trained values.
+  if (hs_size_ > 1) gather_parameters();
   if (!options_.export_hf.empty()) {
     std::filesystem::create_directories(options_.export_hf);
     write_file_atomically(options_.export_hf / "config.json",

@@ -63,6 +63,19 @@ class Trainer {
 
   void reduce_gradients();
   double global_grad_norm() const;
+  // Hybrid sharding (hs > 1): parameters, gradients and Adam state of every unit (a layer's dense
+  // part, its experts, the embedding, the head) are split into hs equal shards; each rank keeps
+  // its shard, all-gathers the working parameters, reduce-scatters the gradients.
+  struct Unit {
+    std::int64_t begin = 0, end = 0;  // range in the flat parameter buffer
+    bool experts = false;
+    std::int64_t shard = 0;         // floats per rank (padded)
+    std::int64_t shard_offset = 0;  // into the shard buffers
+  };
+  void build_units();
+  void gather_parameters();
+  void sharded_optimizer_step(double lr, double clip);
+  double sharded_grad_norm() const;
 
   Plan plan_;
   TrainOptions options_;
@@ -72,6 +85,9 @@ class Trainer {
   std::int64_t accum_ = 1;
   std::int64_t step_ = 0;  // optimizer steps done
   std::vector<float> params_, grads_, adam_m_, adam_v_;
+  std::int64_t hs_size_ = 1, hs_rank_ = 0;
+  std::vector<Unit> units_;
+  std::vector<float> master_shard_, grad_shard_, staging_;  // hs > 1: this rank's shards
   std::vector<std::uint32_t> tokens_;
   std::vector<std::int32_t> ids_, targets_;
   std::unique_ptr<RunLogWriter> log_;
