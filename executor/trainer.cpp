@@ -237,6 +237,20 @@ StepRecord Trainer::train_step() {
   rec.step_time_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   rec.tokens_per_s = static_cast<double>(rec.tokens) / rec.step_time_s;
   rec.phases_s = phases;
+  if (groups_ != nullptr) {
+    // Time and bytes per collective kind over every group this rank talks in, for this step.
+    auto collect = [&](Communicator& c, const std::string& group) {
+      for (const auto& [kind, r] : c.stats()) {
+        CollectiveRecord& out = rec.collectives[group + "." + kind];
+        out.calls += r.calls;
+        out.bytes += r.bytes;
+        out.seconds += r.seconds;
+      }
+      c.reset_stats();
+    };
+    collect(*groups_->world, "world");
+    for (auto& [kind, comm] : groups_->groups) collect(*comm, to_string(kind));
+  }
   const std::size_t state_floats = params_.size() + grads_.size() + adam_m_.size() +
                                    adam_v_.size() + master_shard_.size() + grad_shard_.size();
   rec.peak_memory_bytes =
