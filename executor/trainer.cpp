@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <ctime>
 
 #include "core/constraints.hpp"
@@ -83,11 +84,6 @@ Trainer::Trainer(const Plan& plan, const TrainOptions& options, ProcessGroups* g
     : plan_(plan), options_(options), groups_(groups) {
   const std::int64_t ranks = groups_ != nullptr ? groups_->world->size() : 1;
   check_runnable_on_cpu(plan_, ranks);
-  if (ranks > 1 && !options_.checkpoint_dir.empty()) {
-    throw InputError(
-        "checkpoints of a run on several ranks (sharded, one file per rank) are not "
-        "built yet; leave out --checkpoint-dir");
-  }
   if (groups_ != nullptr) {
     dp_rank_ = (*groups_)[Group::DataParallel].rank();
     dp_size_ = (*groups_)[Group::DataParallel].size();
@@ -121,7 +117,19 @@ Trainer::Trainer(const Plan& plan, const TrainOptions& options, ProcessGroups* g
   }
   bool resumed = false;
   if (options_.resume) {
-    if (auto dir = latest_checkpoint(options_.checkpoint_dir)) {
+    std::optional<std::filesystem::path> dir = latest_checkpoint(checkpoint_root());
+    if (groups_ != nullptr && groups_->world->size() > 1) {
+      // Every rank resumes from the same step: the newest one all ranks finished saving.
+      std::int64_t newest = 0;  // from the folder name step-NNNNNNNN
+      if (dir) newest = std::atoll(dir->filename().string().substr(5).c_str());
+      std::vector<float> mine = {static_cast<float>(newest)};  // exact below 2^24 steps
+      std::vector<float> all(static_cast<std::size_t>(groups_->world->size()));
+      groups_->world->all_gather(mine.data(), all.data(), 1);
+      const auto common = static_cast<std::int64_t>(*std::min_element(all.begin(), all.end()));
+      dir.reset();
+      if (common > 0) dir = step_checkpoint_dir(checkpoint_root(), common);
+    }
+    if (dir) {
       restore(*dir);
       resumed = true;
     }
@@ -249,7 +257,8 @@ StepRecord Trainer::train_step() {
       c.reset_stats();
     };
     collect(*groups_->world, "world");
-    for (auto& [kind, comm] : groups_->groups) collect(*comm, to_string(kind));
+    for (auto& [kind, comm] : groups_->groups)
+      collect(*comm, to_string(kind));
   }
   const std::size_t state_floats = params_.size() + grads_.size() + adam_m_.size() +
                                    adam_v_.size() + master_shard_.size() + grad_shard_.size();
@@ -390,14 +399,30 @@ void Trainer::run(const std::function<void(const StepRecord&)>& on_step) {
   }
 }
 
+// One process: D/step-N. Several ranks: D/rank-RRRRR/step-N, one checkpoint per rank holding
+// what that rank owns (its experts; with sharding, its shards), each written atomically.
+std::filesystem::path Trainer::checkpoint_root() const {
+  if (groups_ == nullptr || groups_->world->size() == 1) return options_.checkpoint_dir;
+  char name[32];
+  std::snprintf(name, sizeof name, "rank-%05d", groups_->world->rank());
+  return options_.checkpoint_dir / name;
+}
+
 void Trainer::save_checkpoint_now() {
   std::vector<NamedTensor> tensors;
-  for (const ParamTensor& t : model_->layout().tensors()) {
-    tensors.push_back({t.name, t.shape, params_.data() + t.offset});
-  }
-  for (const ParamTensor& t : model_->layout().tensors()) {
-    tensors.push_back({"optimizer.exp_avg." + t.name, t.shape, adam_m_.data() + t.offset});
-    tensors.push_back({"optimizer.exp_avg_sq." + t.name, t.shape, adam_v_.data() + t.offset});
+  if (hs_size_ > 1) {
+    const std::vector<std::int64_t> shape = {static_cast<std::int64_t>(master_shard_.size())};
+    tensors.push_back({"shard.master", shape, master_shard_.data()});
+    tensors.push_back({"shard.exp_avg", shape, adam_m_.data()});
+    tensors.push_back({"shard.exp_avg_sq", shape, adam_v_.data()});
+  } else {
+    for (const ParamTensor& t : model_->layout().tensors()) {
+      tensors.push_back({t.name, t.shape, params_.data() + t.offset});
+    }
+    for (const ParamTensor& t : model_->layout().tensors()) {
+      tensors.push_back({"optimizer.exp_avg." + t.name, t.shape, adam_m_.data() + t.offset});
+      tensors.push_back({"optimizer.exp_avg_sq." + t.name, t.shape, adam_v_.data() + t.offset});
+    }
   }
   Json state;
   state["plan"] = to_json(plan_);
@@ -405,7 +430,9 @@ void Trainer::save_checkpoint_now() {
   state["data"] = options_.batch_source   ? Json("batch_source")
                   : options_.data.empty() ? Json("synthetic")
                                           : Json(options_.data.string());
-  save_step_checkpoint(options_.checkpoint_dir, step_, state, tensors, options_.keep_checkpoints);
+  state["rank"] = groups_ != nullptr ? groups_->world->rank() : 0;
+  state["world_size"] = plan_.layout.world_size();
+  save_step_checkpoint(checkpoint_root(), step_, state, tensors, options_.keep_checkpoints);
 }
 
 void Trainer::restore(const std::filesystem::path& dir) {
@@ -419,10 +446,17 @@ void Trainer::restore(const std::filesystem::path& dir) {
                      ": the checkpoint was written for another model, training setup or layout; "
                      "resume with the plan it was saved with");
   }
-  for (const ParamTensor& t : model_->layout().tensors()) {
-    ckpt.copy_to(t.name, params_.data() + t.offset, t.shape);
-    ckpt.copy_to("optimizer.exp_avg." + t.name, adam_m_.data() + t.offset, t.shape);
-    ckpt.copy_to("optimizer.exp_avg_sq." + t.name, adam_v_.data() + t.offset, t.shape);
+  if (hs_size_ > 1) {
+    const std::vector<std::int64_t> shape = {static_cast<std::int64_t>(master_shard_.size())};
+    ckpt.copy_to("shard.master", master_shard_.data(), shape);
+    ckpt.copy_to("shard.exp_avg", adam_m_.data(), shape);
+    ckpt.copy_to("shard.exp_avg_sq", adam_v_.data(), shape);
+  } else {
+    for (const ParamTensor& t : model_->layout().tensors()) {
+      ckpt.copy_to(t.name, params_.data() + t.offset, t.shape);
+      ckpt.copy_to("optimizer.exp_avg." + t.name, adam_m_.data() + t.offset, t.shape);
+      ckpt.copy_to("optimizer.exp_avg_sq." + t.name, adam_v_.data() + t.offset, t.shape);
+    }
   }
   step_ = ckpt.step;
 }

@@ -58,6 +58,7 @@ class Trainer {
  private:
   void load_data();
   void fill_micro_batch(std::int64_t step, std::int64_t micro);
+  std::filesystem::path checkpoint_root() const;
   void save_checkpoint_now();
   void restore(const std::filesystem::path& dir);
 

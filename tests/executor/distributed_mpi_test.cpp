@@ -8,8 +8,11 @@
 
 #include <mpi.h>
 
+#include <stdlib.h>
+
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <map>
 
 #include "core/presets.hpp"
@@ -124,6 +127,39 @@ TEST_CASE("every ep x hs x rep layout gives the single-rank run", "[mpi]") {
   // W = 2: (ep,hs,rep) in {1,1,2}, {1,2,1}, {2,1,1}; W = 4 adds the products of 4 with their
   // orders.
   CHECK(layouts >= 3);
+}
+
+TEST_CASE("sharded checkpoints resume bit-identically on every rank", "[mpi][checkpoint]") {
+  const std::int64_t w = world_size();
+  Plan plan = tiny_plan(w, 8 / (2 * w));
+  plan.layout.ep = 2;
+  plan.layout.hs = w / 2;
+  // Every rank uses the same folder name: rank 0 makes it and tells the others.
+  char dir_name[] = "/tmp/moetune-mpi-ckpt-XXXXXX";
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (rank == 0 && ::mkdtemp(dir_name) == nullptr) FAIL("mkdtemp failed");
+  MPI_Bcast(dir_name, sizeof dir_name, MPI_CHAR, 0, MPI_COMM_WORLD);
+  ProcessGroups groups = make_mpi_groups(plan.layout, w);
+  TrainOptions straight;
+  straight.steps = 6;
+  std::vector<double> a, b;
+  Trainer(plan, straight, &groups).run([&](const StepRecord& r) { a.push_back(r.loss); });
+  TrainOptions first = straight;
+  first.steps = 3;
+  first.checkpoint_dir = dir_name;
+  Trainer(plan, first, &groups).run([&](const StepRecord& r) { b.push_back(r.loss); });
+  TrainOptions second = first;
+  second.steps = 6;
+  second.resume = true;
+  Trainer resumed(plan, second, &groups);
+  REQUIRE(resumed.step() == 3);
+  resumed.run([&](const StepRecord& r) { b.push_back(r.loss); });
+  REQUIRE(b.size() == a.size());
+  for (std::size_t i = 0; i < a.size(); ++i)
+    CHECK(a[i] == b[i]);  // bit-identical
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) std::filesystem::remove_all(dir_name);
 }
 
 TEST_CASE("layouts the distributed executor does not run yet are refused", "[mpi]") {
