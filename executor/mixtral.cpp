@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "core/error.hpp"
 #include "kernels/cpu/attention.hpp"
@@ -119,8 +120,11 @@ MixtralModel::MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::i
       ep_rank_(group_rank(parallel.ep)),
       local_experts_(model.num_local_experts / group_size(parallel.ep)),
       dp_size_(group_size(parallel.dp)),
+      tp_size_(group_size(parallel.tp)),
+      tp_rank_(group_rank(parallel.tp)),
       layout_(model, group_rank(parallel.ep) * (model.num_local_experts / group_size(parallel.ep)),
-              model.num_local_experts / group_size(parallel.ep)),
+              model.num_local_experts / group_size(parallel.ep), group_size(parallel.tp),
+              group_rank(parallel.tp)),
       batch_(batch),
       seq_(seq_len),
       tokens_(batch * seq_len) {
@@ -128,7 +132,14 @@ MixtralModel::MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::i
   const ModelSpec& m = model_;
   const std::int64_t n = tokens_, d = m.hidden_size, q = m.q_dim(), kv = m.kv_dim();
   const std::int64_t e = m.num_local_experts, kk = m.num_experts_per_tok;
-  const std::int64_t f = m.moe_intermediate_size, nk = n * kk;
+  const std::int64_t f = m.moe_intermediate_size / tp_size_, nk = n * kk;
+  MOETUNE_CHECK(n % tp_size_ == 0 && m.num_attention_heads % tp_size_ == 0 &&
+                    m.num_key_value_heads % tp_size_ == 0 && m.vocab_size % tp_size_ == 0 &&
+                    m.moe_intermediate_size % tp_size_ == 0,
+                "tensor parallelism must divide tokens, heads, FFN width and vocabulary");
+  const std::int64_t nl = n / tp_size_;  // tokens of this rank's sequence-parallel chunk
+  const std::int64_t ql = q / tp_size_, kvl = kv / tp_size_, vl = m.vocab_size / tp_size_;
+  const std::int64_t heads = m.num_attention_heads / tp_size_;
   rope_cos_.resize(sz(seq_ * m.head_dim / 2));
   rope_sin_.resize(sz(seq_ * m.head_dim / 2));
   k::rope_table<float>(rope_cos_.data(), rope_sin_.data(), seq_, m.head_dim, m.rope_theta);
@@ -136,16 +147,16 @@ MixtralModel::MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::i
   targets_.resize(sz(n));
   acts_.resize(sz(m.num_hidden_layers));
   for (LayerActs& a : acts_) {
-    a.x_in.resize(sz(n * d));
-    a.rstd1.resize(sz(n));
-    a.h1n.resize(sz(n * d));
-    a.q.resize(sz(n * q));
-    a.k.resize(sz(n * kv));
-    a.v.resize(sz(n * kv));
-    a.att.resize(sz(batch_ * m.num_attention_heads * seq_ * seq_));
-    a.ctx.resize(sz(n * q));
-    a.x_mid.resize(sz(n * d));
-    a.rstd2.resize(sz(n));
+    a.x_in.resize(sz(nl * d));
+    a.rstd1.resize(sz(nl));
+    a.h1n.resize(sz(n * d));  // gathered over tp: the QKV input for the whole sequence
+    a.q.resize(sz(n * ql));
+    a.k.resize(sz(n * kvl));
+    a.v.resize(sz(n * kvl));
+    a.att.resize(sz(batch_ * heads * seq_ * seq_));
+    a.ctx.resize(sz(n * ql));
+    a.x_mid.resize(sz(nl * d));
+    a.rstd2.resize(sz(nl));
     a.h2n.resize(sz(n * d));
     a.router_logits.resize(sz(n * e));
     a.probs.resize(sz(n * e));
@@ -161,20 +172,26 @@ MixtralModel::MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::i
     a.act.resize(sz(nk * f));
     a.yp.resize(sz(nk * d));
   }
-  x_final_.resize(sz(n * d));
-  rstd_f_.resize(sz(n));
+  x_final_.resize(sz(nl * d));
+  rstd_f_.resize(sz(nl));
   hf_.resize(sz(n * d));
-  logits_.resize(sz(n * m.vocab_size));
+  logits_.resize(sz(n * vl));
   aux_counts_.resize(sz(e));
   aux_prob_sum_.resize(sz(e));
-  dx_.resize(sz(n * d));
-  dx_mid_.resize(sz(n * d));
-  dtmp_.resize(sz(n * d));
+  dx_.resize(sz(nl * d));
+  dx_mid_.resize(sz(nl * d));
+  dtmp_.resize(sz(nl * d));
   dh_.resize(sz(n * d));
-  dq_.resize(sz(n * q));
-  dk_.resize(sz(n * kv));
-  dv_.resize(sz(n * kv));
-  dctx_.resize(sz(n * q));
+  dq_.resize(sz(n * ql));
+  dk_.resize(sz(n * kvl));
+  dv_.resize(sz(n * kvl));
+  dctx_.resize(sz(n * ql));
+  if (tp_size_ > 1) {
+    norm_local_.resize(sz(nl * d));
+    partial_.resize(sz(n * d));
+    gathered_.resize(sz(n * d));
+    lse_.resize(sz(n));
+  }
   drouter_.resize(sz(n * e));
   dprobs_.resize(sz(n * e));
   dtopk_w_.resize(sz(nk));
@@ -187,9 +204,13 @@ MixtralModel::MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::i
 MicroBatchLoss MixtralModel::forward(const float* params, const std::int32_t* ids,
                                      const std::int32_t* targets, PhaseTimes* times) {
   const ModelSpec& m = model_;
-  const std::int64_t n = tokens_, d = m.hidden_size, q = m.q_dim(), kv = m.kv_dim();
+  const std::int64_t n = tokens_, d = m.hidden_size;
+  const std::int64_t nl = n / tp_size_, ql = m.q_dim() / tp_size_, kvl = m.kv_dim() / tp_size_;
+  const std::int64_t heads = m.num_attention_heads / tp_size_;
+  const std::int64_t kv_heads = m.num_key_value_heads / tp_size_;
   const std::int64_t e = m.num_local_experts, kk = m.num_experts_per_tok;
-  const std::int64_t f = m.moe_intermediate_size, v = m.vocab_size;
+  const std::int64_t f = m.moe_intermediate_size / tp_size_, v = m.vocab_size;
+  const std::int64_t vl = v / tp_size_;
   for (std::int64_t i = 0; i < n; ++i) {
     if (ids[i] < 0 || ids[i] >= v) {
       throw InputError("token id " + std::to_string(ids[i]) + " is outside the vocabulary of " +
@@ -205,39 +226,61 @@ MicroBatchLoss MixtralModel::forward(const float* params, const std::int32_t* id
       moe_.capacity_factor > 0 ? k::expert_capacity(n, e, kk, moe_.capacity_factor) : 0;
   MicroBatchLoss loss;
 
-  const float* x = nullptr;  // the residual stream entering the layer
   {
     PhaseTimer t(times, "lm_head");
     float* x0 = acts_.empty() ? x_final_.data() : acts_[0].x_in.data();
-    k::embedding_forward<float>(x0, params + layout_.embedding(), ids_.data(), n, v, d);
-    x = x0;
+    if (tp_size_ == 1) {
+      k::embedding_forward<float>(x0, params + layout_.embedding(), ids_.data(), n, v, d);
+    } else {
+      // Vocab-parallel embedding: this rank's rows, zero elsewhere, summed over tp.
+      const float* table = params + layout_.embedding();
+      const std::int64_t first = tp_rank_ * vl;
+      for (std::int64_t i = 0; i < n; ++i) {
+        const std::int64_t row = ids_[sz(i)] - first;
+        float* out = partial_.data() + i * d;
+        if (row >= 0 && row < vl) {
+          std::copy(table + row * d, table + (row + 1) * d, out);
+        } else {
+          std::fill(out, out + d, 0.0f);
+        }
+      }
+      tp_scatter(partial_.data(), x0);
+    }
   }
   for (std::int64_t li = 0; li < m.num_hidden_layers; ++li) {
     LayerActs& a = acts_[sz(li)];
     const LayerOffsets& o = layout_.layer(li);
-    if (x != a.x_in.data()) std::copy(x, x + n * d, a.x_in.begin());
     {
       PhaseTimer t(times, "attention");
-      k::rmsnorm_forward<float>(a.h1n.data(), a.rstd1.data(), a.x_in.data(), params + o.input_norm,
-                                n, d, m.rms_norm_eps);
-      linear_forward(a.q.data(), a.h1n.data(), params + o.q, n, d, q);
-      linear_forward(a.k.data(), a.h1n.data(), params + o.k, n, d, kv);
-      linear_forward(a.v.data(), a.h1n.data(), params + o.v, n, d, kv);
+      float* normed = tp_size_ == 1 ? a.h1n.data() : norm_local_.data();
+      k::rmsnorm_forward<float>(normed, a.rstd1.data(), a.x_in.data(), params + o.input_norm, nl, d,
+                                m.rms_norm_eps);
+      if (tp_size_ > 1) parallel_.tp->all_gather(normed, a.h1n.data(), nl * d);
+      linear_forward(a.q.data(), a.h1n.data(), params + o.q, n, d, ql);
+      linear_forward(a.k.data(), a.h1n.data(), params + o.k, n, d, kvl);
+      linear_forward(a.v.data(), a.h1n.data(), params + o.v, n, d, kvl);
       k::rope_forward<float>(a.q.data(), a.q.data(), rope_cos_.data(), rope_sin_.data(), seq_,
-                             nullptr, 0, batch_, seq_, m.num_attention_heads, m.head_dim);
+                             nullptr, 0, batch_, seq_, heads, m.head_dim);
       k::rope_forward<float>(a.k.data(), a.k.data(), rope_cos_.data(), rope_sin_.data(), seq_,
-                             nullptr, 0, batch_, seq_, m.num_key_value_heads, m.head_dim);
+                             nullptr, 0, batch_, seq_, kv_heads, m.head_dim);
       k::attention_forward<float>(a.ctx.data(), a.att.data(), a.q.data(), a.k.data(), a.v.data(),
-                                  batch_, seq_, m.num_attention_heads, m.num_key_value_heads,
-                                  m.head_dim, m.sliding_window);
-      // x_mid = x_in + ctx Wo^T
-      linear_forward(a.x_mid.data(), a.ctx.data(), params + o.o, n, q, d);
-      add_into(a.x_mid.data(), a.x_in.data(), n * d);
+                                  batch_, seq_, heads, kv_heads, m.head_dim, m.sliding_window);
+      // x_mid = x_in + ctx Wo^T (row-parallel: partial sums over tp, reduce-scattered)
+      if (tp_size_ == 1) {
+        linear_forward(a.x_mid.data(), a.ctx.data(), params + o.o, n, ql, d);
+      } else {
+        linear_forward(partial_.data(), a.ctx.data(), params + o.o, n, ql, d);
+        tp_scatter(partial_.data(), a.x_mid.data());
+      }
+      add_into(a.x_mid.data(), a.x_in.data(), nl * d);
     }
     {
       PhaseTimer t(times, "router");
-      k::rmsnorm_forward<float>(a.h2n.data(), a.rstd2.data(), a.x_mid.data(), params + o.post_norm,
-                                n, d, m.rms_norm_eps);
+      float* normed = tp_size_ == 1 ? a.h2n.data() : norm_local_.data();
+      k::rmsnorm_forward<float>(normed, a.rstd2.data(), a.x_mid.data(), params + o.post_norm, nl, d,
+                                m.rms_norm_eps);
+      // Every tp rank routes the whole sequence (the same result on each).
+      if (tp_size_ > 1) parallel_.tp->all_gather(normed, a.h2n.data(), nl * d);
       linear_forward(a.router_logits.data(), a.h2n.data(), params + o.gate, n, d, e);
       if (moe_.load_balancing == LoadBalancing::Sinkhorn) {
         k::router_sinkhorn_forward<float>(a.probs.data(), a.topk_idx.data(), a.topk_w.data(),
@@ -269,18 +312,24 @@ MicroBatchLoss MixtralModel::forward(const float* params, const std::int32_t* id
     float* x_out = li + 1 < m.num_hidden_layers ? acts_[sz(li + 1)].x_in.data() : x_final_.data();
     {
       PhaseTimer t(times, "combine");
-      k::unpermute_combine_forward<float>(x_out, a.yp.data(), a.topk_w.data(), a.slot_row.data(), n,
-                                          kk, d);
-      add_into(x_out, a.x_mid.data(), n * d);
+      // The experts' w2 is row-parallel: each tp rank holds a partial sum of every output.
+      float* combined = tp_size_ == 1 ? x_out : partial_.data();
+      k::unpermute_combine_forward<float>(combined, a.yp.data(), a.topk_w.data(), a.slot_row.data(),
+                                          n, kk, d);
+      if (tp_size_ > 1) tp_scatter(partial_.data(), x_out);
+      add_into(x_out, a.x_mid.data(), nl * d);
     }
-    x = x_out;
   }
   {
     PhaseTimer t(times, "lm_head");
-    k::rmsnorm_forward<float>(hf_.data(), rstd_f_.data(), x_final_.data(),
-                              params + layout_.final_norm(), n, d, m.rms_norm_eps);
-    linear_forward(logits_.data(), hf_.data(), params + layout_.lm_head(), n, d, v);
-    loss.ce = k::cross_entropy_forward<float>(nullptr, logits_.data(), targets_.data(), n, v);
+    float* normed = tp_size_ == 1 ? hf_.data() : norm_local_.data();
+    k::rmsnorm_forward<float>(normed, rstd_f_.data(), x_final_.data(),
+                              params + layout_.final_norm(), nl, d, m.rms_norm_eps);
+    if (tp_size_ > 1) parallel_.tp->all_gather(normed, hf_.data(), nl * d);
+    linear_forward(logits_.data(), hf_.data(), params + layout_.lm_head(), n, d, vl);
+    loss.ce = tp_size_ == 1
+                  ? k::cross_entropy_forward<float>(nullptr, logits_.data(), targets_.data(), n, v)
+                  : vocab_parallel_loss();
     loss.targets = k::count_targets(targets_.data(), n);
   }
   if (moe_.load_balancing != LoadBalancing::Sinkhorn) {
@@ -299,30 +348,54 @@ MicroBatchLoss MixtralModel::forward(const float* params, const std::int32_t* id
 void MixtralModel::backward(const float* params, float* grads, double loss_scale,
                             PhaseTimes* times) {
   const ModelSpec& m = model_;
-  const std::int64_t n = tokens_, d = m.hidden_size, q = m.q_dim(), kv = m.kv_dim();
+  const std::int64_t n = tokens_, d = m.hidden_size;
+  const std::int64_t nl = n / tp_size_, ql = m.q_dim() / tp_size_, kvl = m.kv_dim() / tp_size_;
+  const std::int64_t heads = m.num_attention_heads / tp_size_;
+  const std::int64_t kv_heads = m.num_key_value_heads / tp_size_;
   const std::int64_t e = m.num_local_experts, kk = m.num_experts_per_tok;
-  const std::int64_t f = m.moe_intermediate_size, v = m.vocab_size;
+  const std::int64_t f = m.moe_intermediate_size / tp_size_, v = m.vocab_size;
+  const std::int64_t vl = v / tp_size_;
   const bool aux_on = moe_.load_balancing == LoadBalancing::AuxLoss && moe_.aux_loss_coef > 0;
+  // d/d(local chunk) of a partial [N, D] gradient: reduce-scattered over tp (a copy with tp = 1).
+  auto to_local = [&](const float* full_partial, float* local) {
+    if (tp_size_ == 1) {
+      if (full_partial != local) std::copy(full_partial, full_partial + n * d, local);
+    } else {
+      tp_scatter(full_partial, local);
+    }
+  };
   {
     PhaseTimer t(times, "lm_head");
     // The logits buffer becomes d(loss)/d(logits) in place.
-    k::cross_entropy_backward<float>(logits_.data(), logits_.data(), targets_.data(), n, v,
-                                     loss_scale);
+    if (tp_size_ == 1) {
+      k::cross_entropy_backward<float>(logits_.data(), logits_.data(), targets_.data(), n, v,
+                                       loss_scale);
+    } else {
+      vocab_parallel_loss_backward(loss_scale);
+    }
     linear_backward(dh_.data(), grads + layout_.lm_head(), logits_.data(), hf_.data(),
-                    params + layout_.lm_head(), n, d, v, 0.0f);
-    k::rmsnorm_backward<float>(dx_.data(), grads + layout_.final_norm(), dh_.data(),
-                               x_final_.data(), params + layout_.final_norm(), rstd_f_.data(), n,
-                               d);
+                    params + layout_.lm_head(), n, d, vl, 0.0f);
+    float* dh_local = tp_size_ == 1 ? dh_.data() : norm_local_.data();
+    to_local(dh_.data(), dh_local);
+    k::rmsnorm_backward<float>(dx_.data(), grads + layout_.final_norm(), dh_local, x_final_.data(),
+                               params + layout_.final_norm(), rstd_f_.data(), nl, d);
   }
   for (std::int64_t li = m.num_hidden_layers - 1; li >= 0; --li) {
     LayerActs& a = acts_[sz(li)];
     const LayerOffsets& o = layout_.layer(li);
-    // dx_ holds d/d(layer output); the residual passes it straight to x_mid.
+    // dx_ holds d/d(layer output) for this rank's chunk; the residual passes it to x_mid.
     std::copy(dx_.begin(), dx_.end(), dx_mid_.begin());
+    const float* dy = dx_.data();  // d/d(combined expert output), whole sequence
+    if (tp_size_ > 1) {
+      parallel_.tp->all_gather(dx_.data(), gathered_.data(), nl * d);
+      dy = gathered_.data();
+    }
     {
       PhaseTimer t(times, "combine");
-      k::unpermute_combine_backward<float>(dyp_.data(), dtopk_w_.data(), dx_.data(), a.yp.data(),
+      k::unpermute_combine_backward<float>(dyp_.data(), dtopk_w_.data(), dy, a.yp.data(),
                                            a.topk_w.data(), a.slot_row.data(), n, kk, d);
+      // Each tp rank's expert outputs are partial sums: so is its weight gradient.
+      if (tp_size_ > 1) parallel_.tp->all_reduce(dtopk_w_.data(), n * kk);
     }
     if (ep_size_ > 1) {
       experts_backward(a, o, params, grads, times);
@@ -358,46 +431,128 @@ void MixtralModel::backward(const float* params, float* grads, double loss_scale
         k::z_loss_backward<float>(drouter_.data(), a.router_logits.data(), n, e,
                                   loss_scale * moe_.z_loss_coef);
       }
-      // dh_ (from the experts) += d(router logits) Wg
-      linear_backward(dh_.data(), grads + o.gate, drouter_.data(), a.h2n.data(), params + o.gate, n,
-                      d, e, 1.0f);
-      k::rmsnorm_backward<float>(dtmp_.data(), grads + o.post_norm, dh_.data(), a.x_mid.data(),
-                                 params + o.post_norm, a.rstd2.data(), n, d);
-      add_into(dx_mid_.data(), dtmp_.data(), n * d);
+      // Every tp rank routed the whole sequence: the gate's gradient is whole on each, and its
+      // share of d(input) is 1/tp of the total so the reduce-scatter below sums it once.
+      k::gemm<float>(true, false, e, d, n, 1.0f, drouter_.data(), e, a.h2n.data(), d, 1.0f,
+                     grads + o.gate, d);
+      k::gemm<float>(false, false, n, d, e, 1.0f / static_cast<float>(tp_size_), drouter_.data(), e,
+                     params + o.gate, d, 1.0f, dh_.data(), d);
+      float* dh_local = tp_size_ == 1 ? dh_.data() : norm_local_.data();
+      to_local(dh_.data(), dh_local);
+      k::rmsnorm_backward<float>(dtmp_.data(), grads + o.post_norm, dh_local, a.x_mid.data(),
+                                 params + o.post_norm, a.rstd2.data(), nl, d);
+      add_into(dx_mid_.data(), dtmp_.data(), nl * d);
     }
     {
       PhaseTimer t(times, "attention");
-      linear_backward(dctx_.data(), grads + o.o, dx_mid_.data(), a.ctx.data(), params + o.o, n, q,
-                      d, 0.0f);
+      const float* dmid = dx_mid_.data();
+      if (tp_size_ > 1) {
+        parallel_.tp->all_gather(dx_mid_.data(), gathered_.data(), nl * d);
+        dmid = gathered_.data();
+      }
+      linear_backward(dctx_.data(), grads + o.o, dmid, a.ctx.data(), params + o.o, n, ql, d, 0.0f);
       k::attention_backward<float>(dq_.data(), dk_.data(), dv_.data(), dctx_.data(), a.q.data(),
-                                   a.k.data(), a.v.data(), a.att.data(), batch_, seq_,
-                                   m.num_attention_heads, m.num_key_value_heads, m.head_dim);
+                                   a.k.data(), a.v.data(), a.att.data(), batch_, seq_, heads,
+                                   kv_heads, m.head_dim);
       k::rope_backward<float>(dq_.data(), dq_.data(), rope_cos_.data(), rope_sin_.data(), seq_,
-                              nullptr, 0, batch_, seq_, m.num_attention_heads, m.head_dim);
+                              nullptr, 0, batch_, seq_, heads, m.head_dim);
       k::rope_backward<float>(dk_.data(), dk_.data(), rope_cos_.data(), rope_sin_.data(), seq_,
-                              nullptr, 0, batch_, seq_, m.num_key_value_heads, m.head_dim);
-      linear_backward(dh_.data(), grads + o.q, dq_.data(), a.h1n.data(), params + o.q, n, d, q,
+                              nullptr, 0, batch_, seq_, kv_heads, m.head_dim);
+      linear_backward(dh_.data(), grads + o.q, dq_.data(), a.h1n.data(), params + o.q, n, d, ql,
                       0.0f);
-      linear_backward(dh_.data(), grads + o.k, dk_.data(), a.h1n.data(), params + o.k, n, d, kv,
+      linear_backward(dh_.data(), grads + o.k, dk_.data(), a.h1n.data(), params + o.k, n, d, kvl,
                       1.0f);
-      linear_backward(dh_.data(), grads + o.v, dv_.data(), a.h1n.data(), params + o.v, n, d, kv,
+      linear_backward(dh_.data(), grads + o.v, dv_.data(), a.h1n.data(), params + o.v, n, d, kvl,
                       1.0f);
-      k::rmsnorm_backward<float>(dtmp_.data(), grads + o.input_norm, dh_.data(), a.x_in.data(),
-                                 params + o.input_norm, a.rstd1.data(), n, d);
+      float* dh_local = tp_size_ == 1 ? dh_.data() : norm_local_.data();
+      to_local(dh_.data(), dh_local);
+      k::rmsnorm_backward<float>(dtmp_.data(), grads + o.input_norm, dh_local, a.x_in.data(),
+                                 params + o.input_norm, a.rstd1.data(), nl, d);
       // d/d(layer input) = the residual path plus the attention path.
-      for (std::int64_t i = 0; i < n * d; ++i)
+      for (std::int64_t i = 0; i < nl * d; ++i)
         dx_[sz(i)] = dx_mid_[sz(i)] + dtmp_[sz(i)];
     }
   }
   {
     PhaseTimer t(times, "lm_head");
-    k::embedding_backward<float>(grads + layout_.embedding(), dx_.data(), ids_.data(), n, v, d);
+    if (tp_size_ == 1) {
+      k::embedding_backward<float>(grads + layout_.embedding(), dx_.data(), ids_.data(), n, v, d);
+    } else {
+      // This rank's vocabulary rows get the gradient of the tokens that use them.
+      parallel_.tp->all_gather(dx_.data(), gathered_.data(), nl * d);
+      float* table = grads + layout_.embedding();
+      const std::int64_t first = tp_rank_ * vl;
+      for (std::int64_t i = 0; i < n; ++i) {
+        const std::int64_t row = ids_[sz(i)] - first;
+        if (row < 0 || row >= vl) continue;
+        const float* g = gathered_.data() + i * d;
+        for (std::int64_t j = 0; j < d; ++j)
+          table[row * d + j] += g[j];
+      }
+    }
+  }
+}
+
+void MixtralModel::tp_scatter(const float* partial, float* local) {
+  parallel_.tp->reduce_scatter(partial, local, tokens_ / tp_size_ * model_.hidden_size);
+}
+
+// Cross-entropy over a vocabulary split over tp: each rank holds logits[N, V/tp]. The log-sum-exp
+// of every row combines the ranks' partial ones; the target's logit comes from the rank that
+// holds it.
+double MixtralModel::vocab_parallel_loss() {
+  const std::int64_t n = tokens_, vl = model_.vocab_size / tp_size_, first = tp_rank_ * vl;
+  std::vector<double> partial(sz(tp_size_ * n), 0.0), target(sz(n), 0.0);
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float* x = logits_.data() + i * vl;
+    const double max_x = *std::max_element(x, x + vl);
+    double sum = 0;
+    for (std::int64_t j = 0; j < vl; ++j)
+      sum += std::exp(static_cast<double>(x[j]) - max_x);
+    partial[sz(tp_rank_ * n + i)] = max_x + std::log(sum);
+    const std::int64_t t = targets_[sz(i)] - first;
+    if (targets_[sz(i)] != k::kIgnoreIndex && t >= 0 && t < vl) target[sz(i)] = x[t];
+  }
+  parallel_.tp->all_reduce(partial.data(), tp_size_ * n);  // gathers every rank's row lse
+  parallel_.tp->all_reduce(target.data(), n);
+  double loss = 0;
+  std::int64_t count = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    double max_l = partial[sz(i)];
+    for (std::int64_t r = 1; r < tp_size_; ++r)
+      max_l = std::max(max_l, partial[sz(r * n + i)]);
+    double sum = 0;
+    for (std::int64_t r = 0; r < tp_size_; ++r)
+      sum += std::exp(partial[sz(r * n + i)] - max_l);
+    lse_[sz(i)] = max_l + std::log(sum);
+    if (targets_[sz(i)] == k::kIgnoreIndex) continue;
+    loss += lse_[sz(i)] - target[sz(i)];
+    ++count;
+  }
+  return count > 0 ? loss / static_cast<double>(count) : 0.0;
+}
+
+void MixtralModel::vocab_parallel_loss_backward(double loss_scale) {
+  const std::int64_t n = tokens_, vl = model_.vocab_size / tp_size_, first = tp_rank_ * vl;
+  const std::int64_t count = k::count_targets(targets_.data(), n);
+  const double scale = count > 0 ? loss_scale / static_cast<double>(count) : 0.0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    float* x = logits_.data() + i * vl;
+    if (targets_[sz(i)] == k::kIgnoreIndex) {
+      std::fill(x, x + vl, 0.0f);
+      continue;
+    }
+    for (std::int64_t j = 0; j < vl; ++j) {
+      x[j] = static_cast<float>(scale * std::exp(static_cast<double>(x[j]) - lse_[sz(i)]));
+    }
+    const std::int64_t t = targets_[sz(i)] - first;
+    if (t >= 0 && t < vl) x[t] -= static_cast<float>(scale);
   }
 }
 
 void MixtralModel::experts_forward(LayerActs& a, const LayerOffsets& o, const float* params,
                                    PhaseTimes* times) {
-  const std::int64_t d = model_.hidden_size, f = model_.moe_intermediate_size;
+  const std::int64_t d = model_.hidden_size, f = model_.moe_intermediate_size / tp_size_;
   const std::int64_t el = local_experts_, peers = ep_size_;
   Communicator& ep = *parallel_.ep;
   std::vector<std::int64_t> send_rows(static_cast<std::size_t>(peers)),
@@ -450,7 +605,7 @@ void MixtralModel::experts_forward(LayerActs& a, const LayerOffsets& o, const fl
 
 void MixtralModel::experts_backward(LayerActs& a, const LayerOffsets& o, const float* params,
                                     float* grads, PhaseTimes* times) {
-  const std::int64_t d = model_.hidden_size, f = model_.moe_intermediate_size;
+  const std::int64_t d = model_.hidden_size, f = model_.moe_intermediate_size / tp_size_;
   const std::int64_t el = local_experts_, peers = ep_size_;
   Communicator& ep = *parallel_.ep;
   std::vector<std::int64_t> send_rows(static_cast<std::size_t>(peers)),

@@ -34,6 +34,9 @@ using PhaseTimes = std::map<std::string, double>;
 
 // The groups a model needs when it runs on several ranks (null: one rank).
 struct ModelParallel {
+  // Tensor parallel with sequence parallelism: heads, FFN width and vocabulary split over tp; the
+  // residual stream, norms and their inputs split over the sequence (N / tp tokens per rank).
+  Communicator* tp = nullptr;
   Communicator* ep = nullptr;  // expert parallel: this rank holds E / ep experts of every layer
   Communicator* dp = nullptr;  // data parallel: the load-balancing statistics are summed over it
 };
@@ -90,6 +93,12 @@ class MixtralModel {
   MoeOptions moe_;
   ModelParallel parallel_;
   std::int64_t ep_size_ = 1, ep_rank_ = 0, local_experts_ = 0, dp_size_ = 1;
+  std::int64_t tp_size_ = 1, tp_rank_ = 0;
+
+  // Sequence parallelism: partial [N, D] sums reduce-scattered into this rank's [N/tp, D] chunk.
+  void tp_scatter(const float* partial, float* local);
+  double vocab_parallel_loss();  // tp > 1: cross-entropy over split vocabulary
+  void vocab_parallel_loss_backward(double loss_scale);
   ParameterLayout layout_;
   std::int64_t batch_, seq_, tokens_;
   std::vector<float> rope_cos_, rope_sin_;
@@ -103,7 +112,9 @@ class MixtralModel {
   // Backward scratch.
   std::vector<float> dx_, dx_mid_, dtmp_, dh_, dq_, dk_, dv_, dctx_, drouter_, dprobs_, dtopk_w_;
   std::vector<float> dxp_, dyp_, dh1_, dh3_;
-  std::vector<float> exchange_, exchange2_;  // expert-parallel staging, [rows, D]
+  std::vector<float> exchange_, exchange2_;             // expert-parallel staging, [rows, D]
+  std::vector<float> norm_local_, gathered_, partial_;  // tensor-parallel staging
+  std::vector<double> lse_;                             // [N] log-sum-exp of the full vocabulary
 };
 
 }  // namespace moetune::executor

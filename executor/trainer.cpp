@@ -68,12 +68,6 @@ void check_runnable_on_cpu(const Plan& plan, std::int64_t ranks) {
                                        std::to_string(l.world_size()) + " moetune train ...`"
                                  : " processes run it"));
   }
-  if (ranks > 1 && l.tp > 1) {
-    throw InputError(
-        "the distributed CPU executor runs expert parallelism, hybrid sharding and "
-        "replicas (tp = 1) so far; this plan has tp=" +
-        std::to_string(l.tp));
-  }
   if (auto r = check_layout(plan.model, plan.cluster, plan.train, plan.layout)) {
     throw InputError("layout " + describe(l) +
                      " is not valid: " + explain(*r, plan.model, plan.cluster, plan.train, l));
@@ -84,6 +78,12 @@ Trainer::Trainer(const Plan& plan, const TrainOptions& options, ProcessGroups* g
     : plan_(plan), options_(options), groups_(groups) {
   const std::int64_t ranks = groups_ != nullptr ? groups_->world->size() : 1;
   check_runnable_on_cpu(plan_, ranks);
+  if (ranks > 1 && !options_.export_hf.empty()) {
+    throw InputError("--export-hf writes the whole model from one process; each of the " +
+                     std::to_string(ranks) +
+                     " ranks holds only its part (train on one rank or "
+                     "export from a checkpoint)");
+  }
   if (groups_ != nullptr) {
     dp_rank_ = (*groups_)[Group::DataParallel].rank();
     dp_size_ = (*groups_)[Group::DataParallel].size();
@@ -94,6 +94,7 @@ Trainer::Trainer(const Plan& plan, const TrainOptions& options, ProcessGroups* g
   }
   accum_ = grad_accum_steps(plan_.train, plan_.layout);
   ModelParallel parallel;
+  if (groups_ != nullptr && plan_.layout.tp > 1) parallel.tp = &(*groups_)[Group::Tp];
   if (groups_ != nullptr && plan_.layout.ep > 1) parallel.ep = &(*groups_)[Group::Ep];
   if (dp_size_ > 1) parallel.dp = &(*groups_)[Group::DataParallel];
   model_ = std::make_unique<MixtralModel>(plan_.model, plan_.train.moe, plan_.layout.micro_batch,
@@ -107,7 +108,12 @@ Trainer::Trainer(const Plan& plan, const TrainOptions& options, ProcessGroups* g
   if (!options_.init_from.empty()) {
     SafetensorsReader reader(options_.init_from);
     for (const ParamTensor& t : model_->layout().tensors()) {
-      reader.read(t.name, params_.data() + t.offset, t.shape);
+      std::int64_t full = 1;
+      for (std::int64_t d : t.full_shape)
+        full *= d;
+      std::vector<float> values(static_cast<std::size_t>(full));
+      reader.read(t.name, values.data(), t.full_shape);
+      model_->layout().take_block(t, values.data(), params_.data() + t.offset);
     }
   }
   if (groups_ != nullptr && plan_.layout.hs > 1) {
@@ -225,7 +231,7 @@ StepRecord Trainer::train_step() {
   {
     const auto opt_start = std::chrono::steady_clock::now();
     const std::int64_t n = static_cast<std::int64_t>(params_.size());
-    rec.grad_norm = hs_size_ > 1 ? sharded_grad_norm() : global_grad_norm();
+    rec.grad_norm = global_grad_norm();
     const double clip = k::clip_scale(rec.grad_norm, plan_.train.optimizer.grad_clip);
     const OptimizerSpec& o = plan_.train.optimizer;
     rec.lr = learning_rate(o, step_);
@@ -322,20 +328,16 @@ void Trainer::sharded_optimizer_step(double lr, double clip) {
                        static_cast<std::int64_t>(master_shard_.size()), hp, step_ + 1, clip);
 }
 
-// Shards are distinct over hs; expert shards are distinct over ep too.
-double Trainer::sharded_grad_norm() const {
-  double sums[2] = {0, 0};  // dense, experts
-  for (const Unit& u : units_) {
-    sums[u.experts ? 1 : 0] +=
-        k::sum_of_squares<float>(grad_shard_.data() + u.shard_offset, u.shard);
-  }
-  (*groups_)[Group::Hs].all_reduce(sums, 2);
-  if ((*groups_)[Group::Ep].size() > 1) (*groups_)[Group::Ep].all_reduce(&sums[1], 1);
-  return std::sqrt(sums[0] + sums[1]);
-}
-
 void Trainer::reduce_gradients() {
   if (groups_ == nullptr) return;
+  // Norm weights see only this rank's sequence chunk under tensor (sequence) parallelism: sum
+  // their gradients over tp first.
+  Communicator& tp = (*groups_)[Group::Tp];
+  if (tp.size() > 1) {
+    for (const ParamTensor& t : model_->layout().tensors()) {
+      if (t.is_norm) tp.all_reduce(grads_.data() + t.offset, t.numel);
+    }
+  }
   if (hs_size_ > 1) {
     // Reduce-scatter each unit over hs (padded to whole shards), then sum the shard over the
     // replicas of that unit.
@@ -359,18 +361,37 @@ void Trainer::reduce_gradients() {
   }
 }
 
-// Every parameter counted once: dense gradients are the same on every rank after the reduction;
-// each rank of an EP group holds different experts.
+// The global gradient norm with every parameter counted once. After the reductions, tensors
+// that every tp rank holds whole (norms, routers) are the same on all of them; tensors split by
+// tp, and experts split by ep, differ; shards differ over hs. So the squares are summed per
+// class and each class over the groups where it differs.
 double Trainer::global_grad_norm() const {
-  double dense = 0, experts = 0;
-  for (const ParamTensor& t : model_->layout().tensors()) {
-    const double s = k::sum_of_squares<float>(grads_.data() + t.offset, t.numel);
-    (t.is_expert ? experts : dense) += s;
+  double sums[3] = {0, 0, 0};  // tp-whole dense, tp-split dense, experts
+  auto add = [&](const ParamTensor& t, const float* g, std::int64_t count) {
+    const int cls = t.is_expert ? 2 : (t.split == TpSplit::None ? 0 : 1);
+    sums[cls] += k::sum_of_squares<float>(g, count);
+  };
+  if (hs_size_ > 1) {
+    // Walk each unit's shard through the tensors it overlaps.
+    for (const Unit& u : units_) {
+      const std::int64_t from = u.begin + hs_rank_ * u.shard;
+      const std::int64_t to = std::min(u.end, from + u.shard);
+      for (const ParamTensor& t : model_->layout().tensors()) {
+        const std::int64_t lo = std::max(from, t.offset), hi = std::min(to, t.offset + t.numel);
+        if (lo < hi) add(t, grad_shard_.data() + u.shard_offset + (lo - from), hi - lo);
+      }
+    }
+  } else {
+    for (const ParamTensor& t : model_->layout().tensors()) {
+      add(t, grads_.data() + t.offset, t.numel);
+    }
   }
-  if (groups_ != nullptr && (*groups_)[Group::Ep].size() > 1) {
-    (*groups_)[Group::Ep].all_reduce(&experts, 1);
+  if (groups_ != nullptr) {
+    if (hs_size_ > 1) (*groups_)[Group::Hs].all_reduce(sums, 3);
+    if ((*groups_)[Group::Tp].size() > 1) (*groups_)[Group::Tp].all_reduce(&sums[1], 2);
+    if ((*groups_)[Group::Ep].size() > 1) (*groups_)[Group::Ep].all_reduce(&sums[2], 1);
   }
-  return std::sqrt(dense + experts);
+  return std::sqrt(sums[0] + sums[1] + sums[2]);
 }
 
 void Trainer::run(const std::function<void(const StepRecord&)>& on_step) {

@@ -76,7 +76,6 @@ class Trainer {
   void build_units();
   void gather_parameters();
   void sharded_optimizer_step(double lr, double clip);
-  double sharded_grad_norm() const;
 
   Plan plan_;
   TrainOptions options_;

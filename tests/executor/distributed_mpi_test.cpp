@@ -14,6 +14,7 @@
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <memory>
 
 #include "core/presets.hpp"
 #include "executor/comm/mpi_communicator.hpp"
@@ -49,7 +50,8 @@ Plan tiny_plan(std::int64_t devices, std::int64_t micro_batch) {
 
 struct Run {
   std::vector<double> losses, aux;
-  std::map<std::string, std::vector<float>> weights;
+  std::map<std::string, std::vector<float>> weights;  // this rank's part of each tensor
+  std::unique_ptr<ParameterLayout> layout;
 };
 
 Run train(const Plan& plan, ProcessGroups* groups) {
@@ -61,6 +63,7 @@ Run train(const Plan& plan, ProcessGroups* groups) {
     run.losses.push_back(r.loss);
     run.aux.push_back(r.aux_loss);
   });
+  run.layout = std::make_unique<ParameterLayout>(trainer.layout());
   for (const ParamTensor& t : trainer.layout().tensors()) {
     run.weights[t.name].assign(trainer.params().begin() + t.offset,
                                trainer.params().begin() + t.offset + t.numel);
@@ -84,49 +87,58 @@ std::vector<MeshOrder> orders_of(const Layout& l) {
   return out;
 }
 
-TEST_CASE("every ep x hs x rep layout gives the single-rank run", "[mpi]") {
+TEST_CASE("every tp x ep x hs x rep layout gives the single-rank run", "[mpi]") {
   const std::int64_t w = world_size();
   const std::int64_t experts = load_model("tiny").num_local_experts;
-  const std::int64_t micro_batch = 8 / (2 * w);  // two micro-batches per step on every layout
-  const Run reference = train(tiny_plan(1, micro_batch * w), nullptr);
+  // Two micro-batches of 4 sequences per step in every layout: the single-rank reference runs
+  // micro-batches of 4, and a layout with data-parallel width dp gives each rank 4 / dp.
+  const Run reference = train(tiny_plan(1, 4), nullptr);
   int layouts = 0;
-  for (std::int64_t ep = 1; ep <= w; ep *= 2) {
-    for (std::int64_t hs = 1; ep * hs <= w; hs *= 2) {
-      if (experts % ep != 0 || w % (ep * hs) != 0) continue;
-      Plan plan = tiny_plan(w, micro_batch);
-      plan.layout.ep = ep;
-      plan.layout.hs = hs;
-      plan.layout.rep = w / (ep * hs);
-      for (const MeshOrder& order : orders_of(plan.layout)) {
-        plan.layout.order = order;
-        ProcessGroups groups = make_mpi_groups(plan.layout, w);
-        const Run run = train(plan, &groups);
-        ++layouts;
-        INFO(describe(plan.layout));
-        // Same tokens, same model; only the fp32 summation order differs (gradients summed over
-        // ranks, routing statistics all-reduced): 1e-5 relative on the losses. Weights within
-        // 1e-4 absolute (they are 0.02 to 1 here): an AdamW step moves a weight by up to
-        // lr = 3e-3, and for gradients near Adam's eps the summation order can tilt m / sqrt(v)
-        // by a few percent.
-        for (std::size_t s = 0; s < reference.losses.size(); ++s) {
-          CHECK(std::abs(run.losses[s] - reference.losses[s]) <= 1e-5 * reference.losses[s]);
-          CHECK(std::abs(run.aux[s] - reference.aux[s]) <= 1e-5 * reference.aux[s]);
-        }
-        for (const auto& [name, values] : run.weights) {
-          const std::vector<float>& ref = reference.weights.at(name);
-          double diff = 0;
-          for (std::size_t i = 0; i < values.size(); ++i) {
-            diff = std::max(diff, std::abs(static_cast<double>(values[i]) - ref[i]));
+  for (std::int64_t tp = 1; tp <= 2; ++tp) {
+    for (std::int64_t ep = 1; ep * tp <= w; ep *= 2) {
+      for (std::int64_t hs = 1; tp * ep * hs <= w; hs *= 2) {
+        if (experts % ep != 0 || w % (tp * ep * hs) != 0) continue;
+        const std::int64_t dp = w / tp;
+        Plan plan = tiny_plan(w, 4 / dp);
+        plan.layout.tp = tp;
+        plan.layout.ep = ep;
+        plan.layout.hs = hs;
+        plan.layout.rep = w / (tp * ep * hs);
+        for (const MeshOrder& order : orders_of(plan.layout)) {
+          plan.layout.order = order;
+          ProcessGroups groups = make_mpi_groups(plan.layout, w);
+          const Run run = train(plan, &groups);
+          ++layouts;
+          INFO(describe(plan.layout));
+          // Same tokens, same model; only the fp32 summation order differs (gradients summed over
+          // ranks, routing statistics all-reduced): 1e-5 relative on the losses. Weights within
+          // 1e-4 absolute (they are 0.02 to 1 here): an AdamW step moves a weight by up to
+          // lr = 3e-3, and for gradients near Adam's eps the summation order can tilt m / sqrt(v)
+          // by a few percent.
+          for (std::size_t s = 0; s < reference.losses.size(); ++s) {
+            CHECK(std::abs(run.losses[s] - reference.losses[s]) <= 1e-5 * reference.losses[s]);
+            CHECK(std::abs(run.aux[s] - reference.aux[s]) <= 1e-5 * reference.aux[s]);
           }
-          INFO(name);
-          CHECK(diff <= 1e-4);
+          for (const ParamTensor& t : run.layout->tensors()) {
+            // The reference holds whole tensors: compare with this rank's block of each.
+            const std::string& name = t.name;
+            const std::vector<float>& values = run.weights.at(name);
+            std::vector<float> ref(values.size());
+            run.layout->take_block(t, reference.weights.at(name).data(), ref.data());
+            double diff = 0;
+            for (std::size_t i = 0; i < values.size(); ++i) {
+              diff = std::max(diff, std::abs(static_cast<double>(values[i]) - ref[i]));
+            }
+            INFO(name);
+            CHECK(diff <= 1e-4);
+          }
         }
       }
     }
   }
-  // W = 2: (ep,hs,rep) in {1,1,2}, {1,2,1}, {2,1,1}; W = 4 adds the products of 4 with their
-  // orders.
-  CHECK(layouts >= 3);
+  // W = 2: tp1 with (ep,hs,rep) in {1,1,2}, {1,2,1}, {2,1,1}, and tp2 alone: 4 layouts. W = 4:
+  // 9 with tp1 (every order), and 3 with tp2 ((ep,hs,rep) over the other 2 ranks).
+  CHECK(layouts == (w == 2 ? 4 : 12));
 }
 
 TEST_CASE("sharded checkpoints resume bit-identically on every rank", "[mpi][checkpoint]") {
@@ -165,12 +177,12 @@ TEST_CASE("sharded checkpoints resume bit-identically on every rank", "[mpi][che
 TEST_CASE("layouts the distributed executor does not run yet are refused", "[mpi]") {
   const std::int64_t w = world_size();
   Plan plan = tiny_plan(w, 8 / w);
-  plan.layout.tp = 2;
+  plan.layout.pp = 2;
   plan.layout.rep = w / 2;
   ProcessGroups groups = make_mpi_groups(plan.layout, w);
   TrainOptions options;
   options.steps = 1;
-  REQUIRE_THROWS_WITH(Trainer(plan, options, &groups), Catch::Contains("tp=2"));
+  REQUIRE_THROWS_WITH(Trainer(plan, options, &groups), Catch::Contains("pp = 1"));
 }
 
 }  // namespace
