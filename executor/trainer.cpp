@@ -121,25 +121,7 @@ Trainer::Trainer(const Plan& plan, const TrainOptions& options, ProcessGroups* g
     hs_rank_ = (*groups_)[Group::Hs].rank();
     build_units();
   }
-  bool resumed = false;
-  if (options_.resume) {
-    std::optional<std::filesystem::path> dir = latest_checkpoint(checkpoint_root());
-    if (groups_ != nullptr && groups_->world->size() > 1) {
-      // Every rank resumes from the same step: the newest one all ranks finished saving.
-      std::int64_t newest = 0;  // from the folder name step-NNNNNNNN
-      if (dir) newest = std::atoll(dir->filename().string().substr(5).c_str());
-      std::vector<float> mine = {static_cast<float>(newest)};  // exact below 2^24 steps
-      std::vector<float> all(static_cast<std::size_t>(groups_->world->size()));
-      groups_->world->all_gather(mine.data(), all.data(), 1);
-      const auto common = static_cast<std::int64_t>(*std::min_element(all.begin(), all.end()));
-      dir.reset();
-      if (common > 0) dir = step_checkpoint_dir(checkpoint_root(), common);
-    }
-    if (dir) {
-      restore(*dir);
-      resumed = true;
-    }
-  }
+  const bool resumed = options_.resume && resume();
   if (!options_.batch_source) load_data();
   const std::int64_t tokens = plan_.layout.micro_batch * plan_.train.seq_len;
   ids_.assign(static_cast<std::size_t>(tokens), 0);
@@ -276,44 +258,19 @@ StepRecord Trainer::train_step() {
 // Dense gradients are summed over the dense replicate group (ep x rep), expert gradients over the
 // expert replicate group (rep): afterwards every replica holds the gradient of the whole batch.
 void Trainer::build_units() {
-  const ParameterLayout& layout = model_->layout();
-  std::vector<std::pair<std::int64_t, bool>> starts;  // unit starts in the flat buffer
-  starts.emplace_back(layout.embedding(), false);
-  for (std::int64_t l = 0; l < plan_.model.num_hidden_layers; ++l) {
-    starts.emplace_back(layout.layer(l).input_norm, false);
-    starts.emplace_back(layout.layer(l).w1[0], true);
-  }
-  starts.emplace_back(layout.final_norm(), false);
-  std::int64_t offset = 0;
-  for (std::size_t i = 0; i < starts.size(); ++i) {
-    Unit u;
-    u.begin = starts[i].first;
-    u.end = i + 1 < starts.size() ? starts[i + 1].first : layout.numel();
-    u.experts = starts[i].second;
-    u.shard = (u.end - u.begin + hs_size_ - 1) / hs_size_;
-    u.shard_offset = offset;
-    offset += u.shard;
-    units_.push_back(u);
-  }
-  master_shard_.assign(static_cast<std::size_t>(offset), 0.0f);
+  units_ = shard_units(model_->layout(), plan_.model, hs_size_);
+  master_shard_.assign(static_cast<std::size_t>(shard_floats(units_)), 0.0f);
   grad_shard_.assign(master_shard_.size(), 0.0f);
   // Adam state lives in shards only.
   adam_m_.assign(master_shard_.size(), 0.0f);
   adam_v_.assign(master_shard_.size(), 0.0f);
-  for (const Unit& u : units_) {
-    const std::int64_t from = u.begin + hs_rank_ * u.shard;
-    const std::int64_t to = std::min(u.end, from + u.shard);
-    for (std::int64_t i = from; i < to; ++i) {
-      master_shard_[static_cast<std::size_t>(u.shard_offset + i - from)] =
-          params_[static_cast<std::size_t>(i)];
-    }
-  }
+  take_shards(units_, hs_rank_, params_.data(), master_shard_.data());
 }
 
 // Every unit all-gathered over hs into the working parameters.
 void Trainer::gather_parameters() {
   Communicator& hs = (*groups_)[Group::Hs];
-  for (const Unit& u : units_) {
+  for (const ShardUnit& u : units_) {
     staging_.resize(static_cast<std::size_t>(u.shard * hs_size_));
     hs.all_gather(master_shard_.data() + u.shard_offset, staging_.data(), u.shard);
     std::copy(staging_.begin(), staging_.begin() + (u.end - u.begin), params_.begin() + u.begin);
@@ -344,7 +301,7 @@ void Trainer::reduce_gradients() {
     Communicator& hs = (*groups_)[Group::Hs];
     Communicator& dense = (*groups_)[Group::DenseReplicate];
     Communicator& expert = (*groups_)[Group::ExpertReplicate];
-    for (const Unit& u : units_) {
+    for (const ShardUnit& u : units_) {
       staging_.assign(static_cast<std::size_t>(u.shard * hs_size_), 0.0f);
       std::copy(grads_.begin() + u.begin, grads_.begin() + u.end, staging_.begin());
       hs.reduce_scatter(staging_.data(), grad_shard_.data() + u.shard_offset, u.shard);
@@ -373,7 +330,7 @@ double Trainer::global_grad_norm() const {
   };
   if (hs_size_ > 1) {
     // Walk each unit's shard through the tensors it overlaps.
-    for (const Unit& u : units_) {
+    for (const ShardUnit& u : units_) {
       const std::int64_t from = u.begin + hs_rank_ * u.shard;
       const std::int64_t to = std::min(u.end, from + u.shard);
       for (const ParamTensor& t : model_->layout().tensors()) {
@@ -423,10 +380,76 @@ void Trainer::run(const std::function<void(const StepRecord&)>& on_step) {
 // One process: D/step-N. Several ranks: D/rank-RRRRR/step-N, one checkpoint per rank holding
 // what that rank owns (its experts; with sharding, its shards), each written atomically.
 std::filesystem::path Trainer::checkpoint_root() const {
-  if (groups_ == nullptr || groups_->world->size() == 1) return options_.checkpoint_dir;
-  char name[32];
-  std::snprintf(name, sizeof name, "rank-%05d", groups_->world->rank());
-  return options_.checkpoint_dir / name;
+  const std::int64_t world = groups_ != nullptr ? groups_->world->size() : 1;
+  return rank_checkpoint_root(options_.checkpoint_dir,
+                              groups_ != nullptr ? groups_->world->rank() : 0, world);
+}
+
+bool Trainer::resume() {
+  // The newest step of the run that wrote last: rank 0's folder of one-rank or many-rank runs.
+  std::optional<std::filesystem::path> newest;
+  for (const auto& root : {rank_checkpoint_root(options_.checkpoint_dir, 0, 1),
+                           rank_checkpoint_root(options_.checkpoint_dir, 0, 2)}) {
+    if (auto dir = latest_checkpoint(root)) {
+      if (!newest || load_checkpoint(*dir).step > load_checkpoint(*newest).step) newest = dir;
+    }
+  }
+  if (!newest) return false;
+  const Checkpoint head = load_checkpoint(*newest);
+  if (!head.state.is_object() || !head.state.contains("plan")) {
+    throw InputError(newest->string() +
+                     ": not a moetune training checkpoint (no plan in its state)");
+  }
+  const Plan saved =
+      plan_from_json(head.state["plan"], newest->string() + "/manifest.json state.plan");
+  if (saved.model != plan_.model || saved.train != plan_.train) {
+    throw InputError(
+        newest->string() +
+        ": the checkpoint was written for another model or training setup; resume with "
+        "the plan it was saved with");
+  }
+  // Every rank of the saved run must have finished that step.
+  for (std::int64_t r = 0; r < saved.layout.world_size(); ++r) {
+    const auto dir = step_checkpoint_dir(
+        rank_checkpoint_root(options_.checkpoint_dir, r, saved.layout.world_size()), head.step);
+    if (!std::filesystem::exists(dir / kCheckpointManifest)) {
+      throw InputError(dir.string() + ": missing, so step " + std::to_string(head.step) +
+                       " is incomplete; remove the step-" + std::to_string(head.step) +
+                       " folders to resume from the one before");
+    }
+  }
+  if (saved.layout == plan_.layout &&
+      saved.cluster.devices_per_node == plan_.cluster.devices_per_node) {
+    restore(step_checkpoint_dir(checkpoint_root(), head.step));
+  } else {
+    restore_resharded(saved, head.step);
+  }
+  return true;
+}
+
+// A checkpoint of another layout: whole tensors rebuilt from every saved rank, then this rank's
+// blocks (and shards) taken from them.
+void Trainer::restore_resharded(const Plan& saved, std::int64_t step) {
+  const auto whole = load_whole_model(options_.checkpoint_dir, step, saved);
+  const ParameterLayout& layout = model_->layout();
+  std::vector<float> m(params_.size()), v(params_.size());
+  for (const ParamTensor& t : layout.tensors()) {
+    const auto it = whole.find(t.name);
+    if (it == whole.end())
+      throw InputError("checkpoint step " + std::to_string(step) + " has no " + t.name);
+    layout.take_block(t, it->second.param.data(), params_.data() + t.offset);
+    layout.take_block(t, it->second.exp_avg.data(), m.data() + t.offset);
+    layout.take_block(t, it->second.exp_avg_sq.data(), v.data() + t.offset);
+  }
+  if (hs_size_ > 1) {
+    take_shards(units_, hs_rank_, params_.data(), master_shard_.data());
+    take_shards(units_, hs_rank_, m.data(), adam_m_.data());
+    take_shards(units_, hs_rank_, v.data(), adam_v_.data());
+  } else {
+    adam_m_ = std::move(m);
+    adam_v_ = std::move(v);
+  }
+  step_ = step;
 }
 
 void Trainer::save_checkpoint_now() {
@@ -458,15 +481,6 @@ void Trainer::save_checkpoint_now() {
 
 void Trainer::restore(const std::filesystem::path& dir) {
   const Checkpoint ckpt = load_checkpoint(dir);
-  if (!ckpt.state.is_object() || !ckpt.state.contains("plan")) {
-    throw InputError(dir.string() + ": not a moetune training checkpoint (no plan in its state)");
-  }
-  const Plan saved = plan_from_json(ckpt.state["plan"], dir.string() + "/manifest.json state.plan");
-  if (saved.model != plan_.model || saved.train != plan_.train || saved.layout != plan_.layout) {
-    throw InputError(dir.string() +
-                     ": the checkpoint was written for another model, training setup or layout; "
-                     "resume with the plan it was saved with");
-  }
   if (hs_size_ > 1) {
     const std::vector<std::int64_t> shape = {static_cast<std::int64_t>(master_shard_.size())};
     ckpt.copy_to("shard.master", master_shard_.data(), shape);

@@ -11,6 +11,7 @@
 #include "core/plan.hpp"
 #include "core/run_log.hpp"
 #include "executor/mixtral.hpp"
+#include "executor/sharding.hpp"
 
 namespace moetune::executor {
 
@@ -60,19 +61,17 @@ class Trainer {
   void fill_micro_batch(std::int64_t step, std::int64_t micro);
   std::filesystem::path checkpoint_root() const;
   void save_checkpoint_now();
+  // Resumes from the newest checkpoint under checkpoint_dir, written by this layout or any other
+  // (then re-sharded from whole tensors). Returns false when there is none.
+  bool resume();
   void restore(const std::filesystem::path& dir);
+  void restore_resharded(const Plan& saved, std::int64_t step);
 
   void reduce_gradients();
   double global_grad_norm() const;
   // Hybrid sharding (hs > 1): parameters, gradients and Adam state of every unit (a layer's dense
   // part, its experts, the embedding, the head) are split into hs equal shards; each rank keeps
   // its shard, all-gathers the working parameters, reduce-scatters the gradients.
-  struct Unit {
-    std::int64_t begin = 0, end = 0;  // range in the flat parameter buffer
-    bool experts = false;
-    std::int64_t shard = 0;         // floats per rank (padded)
-    std::int64_t shard_offset = 0;  // into the shard buffers
-  };
   void build_units();
   void gather_parameters();
   void sharded_optimizer_step(double lr, double clip);
@@ -86,7 +85,7 @@ class Trainer {
   std::int64_t step_ = 0;  // optimizer steps done
   std::vector<float> params_, grads_, adam_m_, adam_v_;
   std::int64_t hs_size_ = 1, hs_rank_ = 0;
-  std::vector<Unit> units_;
+  std::vector<ShardUnit> units_;
   std::vector<float> master_shard_, grad_shard_, staging_;  // hs > 1: this rank's shards
   std::vector<std::uint32_t> tokens_;
   std::vector<std::int32_t> ids_, targets_;

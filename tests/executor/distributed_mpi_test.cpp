@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <stdexcept>
 
 #include "core/presets.hpp"
 #include "executor/comm/mpi_communicator.hpp"
@@ -172,6 +173,80 @@ TEST_CASE("sharded checkpoints resume bit-identically on every rank", "[mpi][che
     CHECK(a[i] == b[i]);  // bit-identical
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) std::filesystem::remove_all(dir_name);
+}
+
+// A folder every rank names the same: rank 0 makes it and tells the others.
+std::string shared_temp_dir() {
+  char dir_name[] = "/tmp/moetune-mpi-reshard-XXXXXX";
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (rank == 0 && ::mkdtemp(dir_name) == nullptr) throw std::runtime_error("mkdtemp failed");
+  MPI_Bcast(dir_name, sizeof dir_name, MPI_CHAR, 0, MPI_COMM_WORLD);
+  return dir_name;
+}
+
+TEST_CASE("checkpoints re-shard into another layout and world size", "[mpi][checkpoint]") {
+  const std::int64_t w = world_size();
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  TrainOptions six;
+  six.steps = 6;
+  std::vector<double> reference;
+  Trainer(tiny_plan(1, 4), six, nullptr).run([&](const StepRecord& r) {
+    reference.push_back(r.loss);
+  });
+  auto check_follows = [&](const std::vector<double>& losses) {
+    REQUIRE(losses.size() == 3);
+    for (std::size_t i = 0; i < 3; ++i) {
+      CHECK(std::abs(losses[i] - reference[3 + i]) <= 1e-5 * reference[3 + i]);
+    }
+  };
+  Plan target = tiny_plan(w, 4 / (w / 2));  // tp2 x ep over the rest
+  target.layout.tp = 2;
+  target.layout.ep = w / 2;
+  SECTION("from one process to every rank") {
+    const std::string dir = shared_temp_dir();
+    if (rank == 0) {
+      TrainOptions first;
+      first.steps = 3;
+      first.checkpoint_dir = dir;
+      Trainer(tiny_plan(1, 4), first, nullptr).run();
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    ProcessGroups groups = make_mpi_groups(target.layout, w);
+    TrainOptions second = six;
+    second.checkpoint_dir = dir;
+    second.resume = true;
+    std::vector<double> losses;
+    Trainer resumed(target, second, &groups);
+    REQUIRE(resumed.step() == 3);
+    resumed.run([&](const StepRecord& r) { losses.push_back(r.loss); });
+    check_follows(losses);
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (rank == 0) std::filesystem::remove_all(dir);
+  }
+  SECTION("from a sharded expert-parallel layout to a tensor-parallel one") {
+    const std::string dir = shared_temp_dir();
+    Plan source = tiny_plan(w, 4 / w);
+    source.layout.ep = 2;
+    source.layout.hs = w / 2;
+    {
+      ProcessGroups groups = make_mpi_groups(source.layout, w);
+      TrainOptions first;
+      first.steps = 3;
+      first.checkpoint_dir = dir;
+      Trainer(source, first, &groups).run();
+    }
+    ProcessGroups groups = make_mpi_groups(target.layout, w);
+    TrainOptions second = six;
+    second.checkpoint_dir = dir;
+    second.resume = true;
+    std::vector<double> losses;
+    Trainer(target, second, &groups).run([&](const StepRecord& r) { losses.push_back(r.loss); });
+    check_follows(losses);
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (rank == 0) std::filesystem::remove_all(dir);
+  }
 }
 
 TEST_CASE("layouts the distributed executor does not run yet are refused", "[mpi]") {
