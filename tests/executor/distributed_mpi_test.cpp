@@ -249,6 +249,61 @@ TEST_CASE("checkpoints re-shard into another layout and world size", "[mpi][chec
   }
 }
 
+TEST_CASE("a checkpoint of (ep=2, hs=2) resumes under (ep=4, hs=1) and under one rank",
+          "[mpi][checkpoint]") {
+  const std::int64_t w = world_size();
+  if (w != 4) return;  // the layouts named in the issue need 4 ranks
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  const std::string dir = shared_temp_dir();
+  Plan source = tiny_plan(4, 1);
+  source.layout.ep = 2;
+  source.layout.hs = 2;
+  {
+    ProcessGroups groups = make_mpi_groups(source.layout, 4);
+    TrainOptions first;
+    first.steps = 3;
+    first.checkpoint_dir = dir;
+    Trainer(source, first, &groups).run();
+  }
+  // Rank 0 keeps a copy for the single-rank resume: the 4-rank resume below saves step 4.
+  const std::string single_dir = dir + "-single";
+  if (rank == 0) {
+    std::filesystem::copy(dir, single_dir, std::filesystem::copy_options::recursive);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  TrainOptions next;
+  next.steps = 4;
+  next.checkpoint_dir = dir;
+  next.resume = true;
+  // Under (ep=4, hs=1) on the same ranks.
+  Plan wide = tiny_plan(4, 1);
+  wide.layout.ep = 4;
+  double wide_loss = 0;
+  {
+    ProcessGroups groups = make_mpi_groups(wide.layout, 4);
+    Trainer t(wide, next, &groups);
+    REQUIRE(t.step() == 3);
+    t.run([&](const StepRecord& r) { wide_loss = r.loss; });
+  }
+  // Under one rank, on rank 0; the result goes to every rank.
+  double single_loss = 0;
+  if (rank == 0) {
+    TrainOptions one = next;
+    one.checkpoint_dir = single_dir;
+    Trainer single(tiny_plan(1, 4), one, nullptr);
+    REQUIRE(single.step() == 3);
+    single.run([&](const StepRecord& r) { single_loss = r.loss; });
+  }
+  MPI_Bcast(&single_loss, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  CHECK(std::abs(wide_loss - single_loss) <= 1e-5 * single_loss);
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) {
+    std::filesystem::remove_all(dir);
+    std::filesystem::remove_all(single_dir);
+  }
+}
+
 TEST_CASE("layouts the distributed executor does not run yet are refused", "[mpi]") {
   const std::int64_t w = world_size();
   Plan plan = tiny_plan(w, 8 / w);
