@@ -257,6 +257,14 @@ StepRecord Trainer::train_step() {
 
 // Dense gradients are summed over the dense replicate group (ep x rep), expert gradients over the
 // expert replicate group (rep): afterwards every replica holds the gradient of the whole batch.
+Trainer::StateBytes Trainer::state_bytes() const {
+  StateBytes b;
+  b.parameters = 4.0 * static_cast<double>(params_.size() + master_shard_.size());
+  b.gradients = 4.0 * static_cast<double>(grads_.size() + grad_shard_.size());
+  b.optimizer = 4.0 * static_cast<double>(adam_m_.size() + adam_v_.size());
+  return b;
+}
+
 void Trainer::build_units() {
   units_ = shard_units(model_->layout(), plan_.model, hs_size_);
   master_shard_.assign(static_cast<std::size_t>(shard_floats(units_)), 0.0f);

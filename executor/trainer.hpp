@@ -53,6 +53,13 @@ class Trainer {
   std::vector<float>& mutable_params() { return params_; }
   const ParameterLayout& layout() const { return model_->layout(); }
   std::int64_t grad_accum() const { return accum_; }
+  // Bytes of this rank's model state, as the simulator's memory model counts it: parameters
+  // (the fp32 master, which the CPU backend computes with), gradient accumulators, Adam m and v.
+  // With hs > 1 the working parameters and gradients are still held whole besides the shards.
+  struct StateBytes {
+    double parameters = 0, gradients = 0, optimizer = 0;
+  };
+  StateBytes state_bytes() const;
   // One optimizer step on the given step's data; returns its record.
   StepRecord train_step();
 

@@ -20,6 +20,7 @@
 #include "core/presets.hpp"
 #include "executor/comm/mpi_communicator.hpp"
 #include "executor/trainer.hpp"
+#include "simulator/simulator.hpp"
 
 namespace {
 
@@ -59,6 +60,16 @@ Run train(const Plan& plan, ProcessGroups* groups) {
   TrainOptions options;
   options.steps = 5;
   Trainer trainer(plan, options, groups);
+  if (plan.layout.hs == 1) {
+    // The executor's model state on this rank is what the simulator's memory model predicts for
+    // it, byte for byte: both count parameters through the same layout rules.
+    const MemoryBreakdown predicted =
+        simulator::Simulator(plan.model, plan.cluster, plan.train).memory(plan.layout, nullptr);
+    const Trainer::StateBytes held = trainer.state_bytes();
+    CHECK(held.parameters == predicted.parameters);
+    CHECK(held.gradients == predicted.gradients);
+    CHECK(held.optimizer == predicted.optimizer);
+  }
   Run run;
   trainer.run([&](const StepRecord& r) {
     run.losses.push_back(r.loss);
