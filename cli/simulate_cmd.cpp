@@ -48,8 +48,8 @@ void print_timeline(const std::vector<simulator::TimelineOp>& ops) {
               "bwd end", "comm busy");
   for (const auto& [layer, r] : rows) {
     auto ms = [](double s) { return s >= 1e299 ? -1.0 : s * 1e3; };
-    std::printf("%6d %10.2f %10.2f %10.2f %10.2f %10.2f\n", layer, ms(r.fwd_start),
-                ms(r.fwd_end), ms(r.bwd_start), ms(r.bwd_end), r.comm * 1e3);
+    std::printf("%6d %10.2f %10.2f %10.2f %10.2f %10.2f\n", layer, ms(r.fwd_start), ms(r.fwd_end),
+                ms(r.bwd_start), ms(r.bwd_end), r.comm * 1e3);
   }
 }
 
@@ -123,8 +123,12 @@ void run(const SimulateOptions& o) {
       Json ops = Json::array();
       const simulator::Simulator sim(plan.model, plan.cluster, plan.train);
       for (const auto& op : sim.timeline(plan.layout)) {
-        ops.push_back({{"phase", op.phase}, {"stream", op.stream}, {"layer", op.layer},
-                       {"backward", op.backward}, {"start_s", op.start_s}, {"end_s", op.end_s}});
+        ops.push_back({{"phase", op.phase},
+                       {"stream", op.stream},
+                       {"layer", op.layer},
+                       {"backward", op.backward},
+                       {"start_s", op.start_s},
+                       {"end_s", op.end_s}});
       }
       j["timeline"] = ops;
     }
