@@ -368,6 +368,9 @@ void Trainer::run(const std::function<void(const StepRecord&)>& on_step) {
     if (!options_.checkpoint_dir.empty() &&
         (last || (options_.checkpoint_every > 0 && step_ % options_.checkpoint_every == 0))) {
       save_checkpoint_now();
+      // Every rank's part of the step is on disk before any rank goes on: a resume started right
+      // after this run must see the whole step.
+      if (groups_ != nullptr) groups_->world->barrier();
     }
   }
   // With sharding the working parameters are gathered at the start of each step; gather once
