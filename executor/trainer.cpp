@@ -1,10 +1,12 @@
 // The CPU training loop.
 #include "executor/trainer.hpp"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <ctime>
 
@@ -359,8 +361,26 @@ double Trainer::global_grad_norm() const {
   return std::sqrt(sums[0] + sums[1] + sums[2]);
 }
 
+namespace {
+
+// Fault injection for tests of failure handling: MOETUNE_FAULT_KILL="RANK:STEP" makes world rank
+// RANK kill itself (SIGKILL, no clean-up) when it starts optimizer step STEP + 1.
+void maybe_inject_fault(std::int64_t rank, std::int64_t step) {
+  const char* spec = std::getenv("MOETUNE_FAULT_KILL");
+  if (spec == nullptr) return;
+  long long r = -1, s = -1;
+  if (std::sscanf(spec, "%lld:%lld", &r, &s) == 2 && r == rank && s == step) {
+    std::fflush(nullptr);
+    ::kill(::getpid(), SIGKILL);
+  }
+}
+
+}  // namespace
+
 void Trainer::run(const std::function<void(const StepRecord&)>& on_step) {
+  const std::int64_t rank = groups_ != nullptr ? groups_->world->rank() : 0;
   while (step_ < options_.steps) {
+    maybe_inject_fault(rank, step_);
     const StepRecord rec = train_step();
     if (log_) log_->write(rec);
     if (on_step) on_step(rec);
