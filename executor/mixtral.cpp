@@ -71,42 +71,11 @@ std::size_t sz(T n) {
   return static_cast<std::size_t>(n);
 }
 
-}  // namespace
-
-namespace {
-
 int group_size(const Communicator* c) {
   return c != nullptr ? c->size() : 1;
 }
 int group_rank(const Communicator* c) {
   return c != nullptr ? c->rank() : 0;
-}
-
-// Copies rows between the [peer][local expert] layout all-to-all uses and the [local expert][peer]
-// layout the grouped expert GEMMs need. counts[p * experts + j]: rows of peer p for expert j.
-void regroup(float* dst, const float* src, const std::vector<std::int64_t>& counts,
-             std::int64_t peers, std::int64_t experts, std::int64_t d, bool to_expert_major) {
-  std::vector<std::int64_t> peer_major(static_cast<std::size_t>(peers * experts));
-  std::vector<std::int64_t> expert_major(peer_major.size());
-  std::int64_t at = 0;
-  for (std::int64_t p = 0; p < peers; ++p) {
-    for (std::int64_t j = 0; j < experts; ++j) {
-      peer_major[static_cast<std::size_t>(p * experts + j)] = at;
-      at += counts[static_cast<std::size_t>(p * experts + j)];
-    }
-  }
-  at = 0;
-  for (std::int64_t j = 0; j < experts; ++j) {
-    for (std::int64_t p = 0; p < peers; ++p) {
-      expert_major[static_cast<std::size_t>(p * experts + j)] = at;
-      at += counts[static_cast<std::size_t>(p * experts + j)];
-    }
-  }
-  for (std::size_t b = 0; b < counts.size(); ++b) {
-    const std::int64_t from = to_expert_major ? peer_major[b] : expert_major[b];
-    const std::int64_t to = to_expert_major ? expert_major[b] : peer_major[b];
-    std::copy(src + from * d, src + (from + counts[b]) * d, dst + to * d);
-  }
 }
 
 }  // namespace
@@ -553,94 +522,53 @@ void MixtralModel::vocab_parallel_loss_backward(double loss_scale) {
 void MixtralModel::experts_forward(LayerActs& a, const LayerOffsets& o, const float* params,
                                    PhaseTimes* times) {
   const std::int64_t d = model_.hidden_size, f = model_.moe_intermediate_size / tp_size_;
-  const std::int64_t el = local_experts_, peers = ep_size_;
   Communicator& ep = *parallel_.ep;
-  std::vector<std::int64_t> send_rows(static_cast<std::size_t>(peers)),
-      recv_rows(static_cast<std::size_t>(peers)), per_peer(static_cast<std::size_t>(peers), el);
   {
     PhaseTimer t(times, "dispatch");
-    // Rows per (peer, local expert) first, then the rows themselves.
-    a.recv_counts.assign(static_cast<std::size_t>(peers * el), 0);
-    ep.all_to_all(a.counts.data(), per_peer, a.recv_counts.data(), per_peer);
-    a.recv_rows = 0;
-    for (std::int64_t p = 0; p < peers; ++p) {
-      std::int64_t out = 0, in = 0;
-      for (std::int64_t j = 0; j < el; ++j) {
-        out += a.counts[static_cast<std::size_t>(p * el + j)];
-        in += a.recv_counts[static_cast<std::size_t>(p * el + j)];
-      }
-      send_rows[static_cast<std::size_t>(p)] = out * d;
-      recv_rows[static_cast<std::size_t>(p)] = in * d;
-      a.recv_rows += in;
-    }
-    exchange_.resize(static_cast<std::size_t>(a.recv_rows * d));
-    ep.all_to_all(a.xp.data(), send_rows, exchange_.data(), recv_rows);
-    a.xg.resize(exchange_.size());
-    regroup(a.xg.data(), exchange_.data(), a.recv_counts, peers, el, d, true);
-    a.local_counts.assign(static_cast<std::size_t>(el), 0);
-    for (std::int64_t p = 0; p < peers; ++p) {
-      for (std::int64_t j = 0; j < el; ++j) {
-        a.local_counts[static_cast<std::size_t>(j)] +=
-            a.recv_counts[static_cast<std::size_t>(p * el + j)];
-      }
-    }
+    a.exchange.plan(ep, a.counts.data(), model_.num_local_experts);
+    a.exchange.dispatch(ep, a.xp.data(), d, a.xg, exchange_);
   }
   {
     PhaseTimer t(times, "experts");
-    const auto rows = static_cast<std::size_t>(a.recv_rows);
+    const auto rows = static_cast<std::size_t>(a.exchange.recv_rows);
     a.h1.resize(rows * static_cast<std::size_t>(f));
     a.h3.resize(a.h1.size());
     a.act.resize(a.h1.size());
     exchange2_.resize(rows * static_cast<std::size_t>(d));
-    k::swiglu_grouped_forward<float>(exchange2_.data(), a.h1.data(), a.h3.data(), a.act.data(),
-                                     a.xg.data(), params + o.w1[0], params + o.w3[0],
-                                     params + o.w2[0], a.local_counts.data(), el, d, f);
+    k::swiglu_grouped_forward<float>(
+        exchange2_.data(), a.h1.data(), a.h3.data(), a.act.data(), a.xg.data(), params + o.w1[0],
+        params + o.w3[0], params + o.w2[0], a.exchange.local_counts.data(), local_experts_, d, f);
   }
   {
     PhaseTimer t(times, "combine");
-    regroup(exchange_.data(), exchange2_.data(), a.recv_counts, peers, el, d, false);
-    ep.all_to_all(exchange_.data(), recv_rows, a.yp.data(), send_rows);
+    a.exchange.combine(ep, exchange2_.data(), d, a.yp.data(), exchange_);
   }
 }
 
 void MixtralModel::experts_backward(LayerActs& a, const LayerOffsets& o, const float* params,
                                     float* grads, PhaseTimes* times) {
   const std::int64_t d = model_.hidden_size, f = model_.moe_intermediate_size / tp_size_;
-  const std::int64_t el = local_experts_, peers = ep_size_;
   Communicator& ep = *parallel_.ep;
-  std::vector<std::int64_t> send_rows(static_cast<std::size_t>(peers)),
-      recv_rows(static_cast<std::size_t>(peers));
-  for (std::int64_t p = 0; p < peers; ++p) {
-    std::int64_t out = 0, in = 0;
-    for (std::int64_t j = 0; j < el; ++j) {
-      out += a.counts[static_cast<std::size_t>(p * el + j)];
-      in += a.recv_counts[static_cast<std::size_t>(p * el + j)];
-    }
-    send_rows[static_cast<std::size_t>(p)] = out * d;
-    recv_rows[static_cast<std::size_t>(p)] = in * d;
-  }
-  const auto rows = static_cast<std::size_t>(a.recv_rows);
+  const auto rows = static_cast<std::size_t>(a.exchange.recv_rows);
   {
     PhaseTimer t(times, "combine");
-    // The gradients of the expert outputs go back to the ranks that computed them.
-    exchange_.resize(rows * static_cast<std::size_t>(d));
-    ep.all_to_all(dyp_.data(), send_rows, exchange_.data(), recv_rows);
-    exchange2_.resize(exchange_.size());
-    regroup(exchange2_.data(), exchange_.data(), a.recv_counts, peers, el, d, true);
+    // The backward of combine: output gradients go to the ranks that computed the outputs.
+    a.exchange.dispatch(ep, dyp_.data(), d, exchange2_, exchange_);
   }
   {
     PhaseTimer t(times, "experts");
-    std::vector<float> dx(exchange_.size()), dh1(rows * static_cast<std::size_t>(f)),
-        dh3(dh1.size());
+    std::vector<float> dx(rows * static_cast<std::size_t>(d)),
+        dh1(rows * static_cast<std::size_t>(f)), dh3(dh1.size());
     k::swiglu_grouped_backward<float>(
         dx.data(), grads + o.w1[0], grads + o.w3[0], grads + o.w2[0], dh1.data(), dh3.data(),
         exchange2_.data(), a.xg.data(), a.h1.data(), a.h3.data(), a.act.data(), params + o.w1[0],
-        params + o.w3[0], params + o.w2[0], a.local_counts.data(), el, d, f);
-    regroup(exchange_.data(), dx.data(), a.recv_counts, peers, el, d, false);
+        params + o.w3[0], params + o.w2[0], a.exchange.local_counts.data(), local_experts_, d, f);
+    exchange2_.swap(dx);
   }
   {
     PhaseTimer t(times, "dispatch");
-    ep.all_to_all(exchange_.data(), recv_rows, dxp_.data(), send_rows);
+    // The backward of dispatch: input gradients go back to the ranks that sent the rows.
+    a.exchange.combine(ep, exchange2_.data(), d, dxp_.data(), exchange_);
   }
 }
 

@@ -14,6 +14,7 @@
 #include "core/model_spec.hpp"
 #include "core/train_spec.hpp"
 #include "executor/comm/communicator.hpp"
+#include "executor/expert_exchange.hpp"
 #include "executor/parameters.hpp"
 
 namespace moetune::executor {
@@ -76,10 +77,9 @@ class MixtralModel {
     std::vector<std::int64_t> counts, offsets, slot_row, row_slot;
     std::int64_t rows = 0;  // permuted rows kept
     std::vector<float> xp, h1, h3, act, yp;
-    // Expert parallelism: rows this rank's experts received, [peer][local expert] counts, and the
-    // received inputs regrouped expert-major ([local expert][peer][rows]).
-    std::vector<std::int64_t> recv_counts, local_counts;
-    std::int64_t recv_rows = 0;
+    // Expert parallelism: the exchange's counts, and the received inputs regrouped expert-major
+    // ([local expert][peer][rows]).
+    ExpertExchange exchange;
     std::vector<float> xg;
   };
 
