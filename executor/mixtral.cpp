@@ -173,13 +173,7 @@ MixtralModel::MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::i
 MicroBatchLoss MixtralModel::forward(const float* params, const std::int32_t* ids,
                                      const std::int32_t* targets, PhaseTimes* times) {
   const ModelSpec& m = model_;
-  const std::int64_t n = tokens_, d = m.hidden_size;
-  const std::int64_t nl = n / tp_size_, ql = m.q_dim() / tp_size_, kvl = m.kv_dim() / tp_size_;
-  const std::int64_t heads = m.num_attention_heads / tp_size_;
-  const std::int64_t kv_heads = m.num_key_value_heads / tp_size_;
-  const std::int64_t e = m.num_local_experts, kk = m.num_experts_per_tok;
-  const std::int64_t f = m.moe_intermediate_size / tp_size_, v = m.vocab_size;
-  const std::int64_t vl = v / tp_size_;
+  const auto [n, d, nl, ql, kvl, heads, kv_heads, e, kk, f, v, vl] = dims();
   for (std::int64_t i = 0; i < n; ++i) {
     if (ids[i] < 0 || ids[i] >= v) {
       throw InputError("token id " + std::to_string(ids[i]) + " is outside the vocabulary of " +
@@ -317,13 +311,7 @@ MicroBatchLoss MixtralModel::forward(const float* params, const std::int32_t* id
 void MixtralModel::backward(const float* params, float* grads, double loss_scale,
                             PhaseTimes* times) {
   const ModelSpec& m = model_;
-  const std::int64_t n = tokens_, d = m.hidden_size;
-  const std::int64_t nl = n / tp_size_, ql = m.q_dim() / tp_size_, kvl = m.kv_dim() / tp_size_;
-  const std::int64_t heads = m.num_attention_heads / tp_size_;
-  const std::int64_t kv_heads = m.num_key_value_heads / tp_size_;
-  const std::int64_t e = m.num_local_experts, kk = m.num_experts_per_tok;
-  const std::int64_t f = m.moe_intermediate_size / tp_size_, v = m.vocab_size;
-  const std::int64_t vl = v / tp_size_;
+  const auto [n, d, nl, ql, kvl, heads, kv_heads, e, kk, f, v, vl] = dims();
   const bool aux_on = moe_.load_balancing == LoadBalancing::AuxLoss && moe_.aux_loss_coef > 0;
   // d/d(local chunk) of a partial [N, D] gradient: reduce-scattered over tp (a copy with tp = 1).
   auto to_local = [&](const float* full_partial, float* local) {
@@ -570,6 +558,23 @@ void MixtralModel::experts_backward(LayerActs& a, const LayerOffsets& o, const f
     // The backward of dispatch: input gradients go back to the ranks that sent the rows.
     a.exchange.combine(ep, exchange2_.data(), d, dxp_.data(), exchange_);
   }
+}
+
+MixtralModel::Dims MixtralModel::dims() const {
+  const ModelSpec& m = model_;
+  const std::int64_t t = tp_size_;
+  return {tokens_,
+          m.hidden_size,
+          tokens_ / t,
+          m.q_dim() / t,
+          m.kv_dim() / t,
+          m.num_attention_heads / t,
+          m.num_key_value_heads / t,
+          m.num_local_experts,
+          m.num_experts_per_tok,
+          m.moe_intermediate_size / t,
+          m.vocab_size,
+          m.vocab_size / t};
 }
 
 std::vector<std::vector<std::int64_t>> MixtralModel::tokens_per_expert() const {

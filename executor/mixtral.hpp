@@ -95,6 +95,13 @@ class MixtralModel {
   std::int64_t ep_size_ = 1, ep_rank_ = 0, local_experts_ = 0, dp_size_ = 1;
   std::int64_t tp_size_ = 1, tp_rank_ = 0;
 
+  // Sizes of one micro-batch on this rank: tokens (all, and this rank's sequence chunk), hidden,
+  // q and kv widths, query and kv heads, experts, top-k, expert FFN width, vocabulary (all, and
+  // this rank's part).
+  struct Dims {
+    std::int64_t n, d, nl, ql, kvl, heads, kv_heads, e, kk, f, v, vl;
+  };
+  Dims dims() const;
   // Sequence parallelism: partial [N, D] sums reduce-scattered into this rank's [N/tp, D] chunk.
   void tp_scatter(const float* partial, float* local);
   double vocab_parallel_loss();  // tp > 1: cross-entropy over split vocabulary
