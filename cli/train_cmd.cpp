@@ -156,11 +156,12 @@ void run(const TrainCmdOptions& o, const CLI::App& cmd) {
   }
   std::sort(rates.begin(), rates.end());
   std::printf(
-      "trained %s (%s, %lld ranks) for steps %lld-%lld: loss %.4f -> %.4f, median %.0f "
+      "trained %s (%s, %lld rank%s) for steps %lld-%lld: loss %.4f -> %.4f, median %.0f "
       "tokens/s\n",
       plan.model.name.c_str(), describe(plan.layout).c_str(),
-      static_cast<long long>(plan.layout.world_size()), static_cast<long long>(first_step + 1),
-      static_cast<long long>(trainer.step()), first_loss, last_loss, rates[rates.size() / 2]);
+      static_cast<long long>(plan.layout.world_size()), plan.layout.world_size() == 1 ? "" : "s",
+      static_cast<long long>(first_step + 1), static_cast<long long>(trainer.step()), first_loss,
+      last_loss, rates[rates.size() / 2]);
 }
 
 }  // namespace
