@@ -49,6 +49,28 @@ void add_setup_options(CLI::App& app, SetupOptions& o, bool required) {
   app.add_option("--grad-clip", o.grad_clip, "global grad-norm clip, 0 = off (default 1.0)");
 }
 
+void apply_optimizer_flags(const SetupOptions& o, OptimizerSpec& opt, bool default_min_lr) {
+  if (o.lr) opt.lr = *o.lr;
+  if (o.min_lr) {
+    opt.min_lr = *o.min_lr;
+  } else if (default_min_lr) {
+    opt.min_lr = opt.lr / 10.0;
+  }
+  if (o.warmup_steps) opt.warmup_steps = *o.warmup_steps;
+  if (o.decay_steps) opt.decay_steps = *o.decay_steps;
+  if (o.weight_decay) opt.weight_decay = *o.weight_decay;
+  if (o.grad_clip) opt.grad_clip = *o.grad_clip;
+  if (opt.lr <= 0 || opt.min_lr < 0 || opt.min_lr > opt.lr) {
+    throw InputError("--lr must be positive and --min-lr in [0, lr]");
+  }
+  if (opt.warmup_steps < 0 || opt.decay_steps < 1) {
+    throw InputError("--warmup-steps must be >= 0 and --decay-steps >= 1");
+  }
+  if (opt.weight_decay < 0 || opt.grad_clip < 0) {
+    throw InputError("--weight-decay and --grad-clip must not be negative");
+  }
+}
+
 Setup load_setup(const SetupOptions& o) {
   Setup s;
   s.model = load_model(o.model);
@@ -65,22 +87,7 @@ Setup load_setup(const SetupOptions& o) {
   s.train.moe.load_balancing = parse_load_balancing(o.load_balancing);
   s.train.moe.aux_loss_coef = o.aux_loss_coef.value_or(s.model.router_aux_loss_coef);
   if (s.train.moe.aux_loss_coef < 0) throw InputError("--aux-loss-coef must not be negative");
-  OptimizerSpec& opt = s.train.optimizer;
-  if (o.lr) opt.lr = *o.lr;
-  opt.min_lr = o.min_lr.value_or(opt.lr / 10.0);
-  if (o.warmup_steps) opt.warmup_steps = *o.warmup_steps;
-  if (o.decay_steps) opt.decay_steps = *o.decay_steps;
-  if (o.weight_decay) opt.weight_decay = *o.weight_decay;
-  if (o.grad_clip) opt.grad_clip = *o.grad_clip;
-  if (opt.lr <= 0 || opt.min_lr < 0 || opt.min_lr > opt.lr) {
-    throw InputError("--lr must be positive and --min-lr in [0, lr]");
-  }
-  if (opt.warmup_steps < 0 || opt.decay_steps < 1) {
-    throw InputError("--warmup-steps must be >= 0 and --decay-steps >= 1");
-  }
-  if (opt.weight_decay < 0 || opt.grad_clip < 0) {
-    throw InputError("--weight-decay and --grad-clip must not be negative");
-  }
+  apply_optimizer_flags(o, s.train.optimizer, true);
   s.train.moe.z_loss_coef = o.z_loss_coef;
   s.train.moe.capacity_factor = o.capacity_factor;
   s.train.moe.dispatcher = parse_dispatcher(o.dispatcher);

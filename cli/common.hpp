@@ -40,6 +40,9 @@ struct Setup {
 
 void add_setup_options(CLI::App& app, SetupOptions& options, bool required);
 Setup load_setup(const SetupOptions& options);
+// Applies --lr, --min-lr, --warmup-steps, --decay-steps, --weight-decay and --grad-clip to `opt`
+// and checks the result; an unset --min-lr becomes lr / 10 when `default_min_lr`.
+void apply_optimizer_flags(const SetupOptions& options, OptimizerSpec& opt, bool default_min_lr);
 
 // --tp --pp --vpp --ep --hs --order --micro-batch --recompute --optimizer-offload
 // --activation-offload: pins for `plan`/`explain`, the layout itself for `simulate`.

@@ -83,20 +83,7 @@ Plan plan_from_file(const TrainCmdOptions& o, const CLI::App& cmd) {
     }
   }
   Plan plan = read_plan_file(o.plan);
-  OptimizerSpec& opt = plan.train.optimizer;
-  const SetupOptions& s = o.setup;
-  if (s.lr) opt.lr = *s.lr;
-  if (s.min_lr) opt.min_lr = *s.min_lr;
-  if (s.warmup_steps) opt.warmup_steps = *s.warmup_steps;
-  if (s.decay_steps) opt.decay_steps = *s.decay_steps;
-  if (s.weight_decay) opt.weight_decay = *s.weight_decay;
-  if (s.grad_clip) opt.grad_clip = *s.grad_clip;
-  if (opt.lr <= 0 || opt.min_lr < 0 || opt.min_lr > opt.lr || opt.warmup_steps < 0 ||
-      opt.decay_steps < 1 || opt.weight_decay < 0 || opt.grad_clip < 0) {
-    throw InputError(
-        "the optimizer flags leave an invalid schedule (lr > 0, 0 <= min-lr <= lr, "
-        "warmup >= 0, decay >= 1, weight decay and clip >= 0)");
-  }
+  apply_optimizer_flags(o.setup, plan.train.optimizer, false);
   return plan;
 }
 
