@@ -542,36 +542,4 @@ std::size_t CollectiveModel::cache_size() const {
   return cache_->entries.size();
 }
 
-// The placement-only model: a group inside a node runs at the intra-node bus bandwidth; a group
-// across nodes shares its node's NICs with the other groups of its kind.
-double collective_seconds(Collective kind, double bytes, const GroupPlacement& g,
-                          const ClusterSpec& c) {
-  const double n = static_cast<double>(g.size);
-  if (g.size <= 1 || bytes <= 0) return 0.0;
-  const double intra_Bps = c.intra_node.bandwidth_GBps * 1e9;
-  const double alpha = (g.within_node() ? c.intra_node.latency_us : c.inter_node.latency_us) * 1e-6;
-  const bool reduce = kind == Collective::AllReduce;
-  const double wire = (reduce ? 2 : 1) * bytes * (n - 1) / n;  // per rank, nccl-tests convention
-  const double steps = (reduce ? 2 : 1) * (n - 1);
-  double seconds = wire / intra_Bps;
-  if (!g.within_node()) {
-    const double m = static_cast<double>(g.max_ranks_per_node);
-    const double d = static_cast<double>(c.devices_per_node);
-    // Bytes the busiest node sends: every rank's share bound for other nodes (all-to-all), or one
-    // ring crossing per group, d/m groups of the kind per node.
-    const double leaving = kind == Collective::AllToAll ? d * bytes * (n - m) / n : (d / m) * wire;
-    seconds = std::max(seconds, leaving / c.inter_node.node_bandwidth_Bps());
-  }
-  return seconds + steps * alpha;
-}
-
-double p2p_seconds(double bytes, bool crosses_nodes, const ClusterSpec& c) {
-  if (bytes <= 0) return 0.0;
-  if (!crosses_nodes)
-    return c.intra_node.latency_us * 1e-6 + bytes / (c.intra_node.bandwidth_GBps * 1e9);
-  // Every device of the node sends to its peer in the next stage at once.
-  const double per_device = c.inter_node.node_bandwidth_Bps() / c.devices_per_node;
-  return c.inter_node.latency_us * 1e-6 + bytes / per_device;
-}
-
 }  // namespace moetune::simulator

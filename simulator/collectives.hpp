@@ -106,11 +106,4 @@ class CollectiveModel {
   std::shared_ptr<Cache> cache_;
 };
 
-// Placement-only estimates, the model before the topology graph: they know how many ranks of a
-// group share a node but not which, nor the NICs. Kept for callers that have no Mesh at hand;
-// prefer CollectiveModel. `bytes` as above.
-double collective_seconds(Collective kind, double bytes, const GroupPlacement& group,
-                          const ClusterSpec& cluster);
-double p2p_seconds(double bytes, bool crosses_nodes, const ClusterSpec& cluster);
-
 }  // namespace moetune::simulator

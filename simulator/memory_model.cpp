@@ -69,8 +69,8 @@ double Simulator::expert_load_factor(const Layout& l) const {
   if (l.ep <= 1) return 1.0;
   // Dropless routing with balanced expected load: rank loads are Binomial(ep * n, 1/ep) with
   // n = T * k token copies sent per rank; the expected maximum of ep of them is about
-  // mean + sigma * sqrt(2 ln ep). Popularity skew between experts is added by the routing model of
-  // the next issue.
+  // mean + sigma * sqrt(2 ln ep). Popularity skew between experts is not modelled yet (issue #3:
+  // a skew parameter fitted from measured expert-load histograms).
   const double n = static_cast<double>(l.micro_batch * train_.seq_len * model_.num_experts_per_tok);
   const double ep = static_cast<double>(l.ep);
   return 1.0 + std::sqrt(2.0 * std::log(ep)) * std::sqrt((1.0 - 1.0 / ep) / n);

@@ -332,25 +332,6 @@ TEST_CASE("the node-0 fast path equals laying out every node", "[simulator][coll
           .epsilon(kTol));
 }
 
-TEST_CASE("the placement-only estimate agrees where the placement says everything",
-          "[simulator][collectives]") {
-  // The old closed-form functions, kept for callers without a Mesh, give the graph model's
-  // figures on groups spread evenly over the NICs (the hand-computed cases above).
-  const ClusterSpec c = round_cluster(2);
-  const CollectiveModel model(c);
-  const Mesh in = mesh(8, 2, 8, "tp,hs,ep");
-  const Mesh out = mesh(8, 2, 8, "tp,ep,hs");
-  CHECK(collective_seconds(Collective::AllReduce, 8e9, in.placement(Group::Hs), c) ==
-        Approx(model.seconds(Collective::AllReduce, in, Group::Hs, 8e9)).epsilon(kTol));
-  CHECK(collective_seconds(Collective::AllGather, 8e9, out.placement(Group::Hs), c) ==
-        Approx(model.seconds(Collective::AllGather, out, Group::Hs, 8e9)).epsilon(kTol));
-  CHECK(collective_seconds(Collective::AllToAll, 1e9, in.placement(Group::Ep), c) ==
-        Approx(model.seconds(Collective::AllToAll, in, Group::Ep, 1e9)).epsilon(kTol));
-  CHECK(p2p_seconds(1e9, true, c) == Approx(0.16002).epsilon(kTol));
-  CHECK(p2p_seconds(1e9, false, c) == Approx(0.01001).epsilon(kTol));
-  CHECK(collective_seconds(Collective::AllGather, 0, in.placement(Group::Hs), c) == 0);
-}
-
 TEST_CASE("all-to-all across nodes is never cheaper than inside a node", "[simulator][time]") {
   // DESIGN example: Mixtral 8x7B, 16 A100s on 2 p4d nodes, ep = 2, hs = 8. Order tp, hs, ep sends
   // the all-to-all over EFA; tp, ep, hs keeps it on NVSwitch. Same compute, so the exposed
