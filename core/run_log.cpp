@@ -44,6 +44,12 @@ Json to_json(const StepRecord& s) {
   }
   j["collectives"] = coll;
   j["peak_memory_bytes"] = s.peak_memory_bytes;
+  if (s.memory) {
+    j["memory"] = {{"parameters_bytes", s.memory->parameters_bytes},
+                   {"gradients_bytes", s.memory->gradients_bytes},
+                   {"optimizer_bytes", s.memory->optimizer_bytes},
+                   {"activations_bytes", s.memory->activations_bytes}};
+  }
   j["tokens_per_expert"] = s.tokens_per_expert;
   j["dropped_tokens"] = s.dropped_tokens;
   return j;
@@ -100,6 +106,16 @@ StepRecord step_record_from_json(const Json& json, const std::string& origin) {
     coll.finish();
   }
   s.peak_memory_bytes = r.get_double("peak_memory_bytes", 0, 1e300);
+  if (r.has("memory")) {
+    JsonObjectReader m = r.get_object("memory");
+    StepMemory mem;
+    mem.parameters_bytes = m.get_double("parameters_bytes", 0, 1e300);
+    mem.gradients_bytes = m.get_double("gradients_bytes", 0, 1e300);
+    mem.optimizer_bytes = m.get_double("optimizer_bytes", 0, 1e300);
+    mem.activations_bytes = m.get_double("activations_bytes", 0, 1e300);
+    m.finish();
+    s.memory = mem;
+  }
   const Json& tpe = r.get_raw("tokens_per_expert");
   if (!tpe.is_array()) r.fail("tokens_per_expert", "expected [layer][expert] counts");
   for (const auto& layer : tpe) {

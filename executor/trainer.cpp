@@ -254,6 +254,9 @@ StepRecord Trainer::train_step() {
                                    adam_v_.size() + master_shard_.size() + grad_shard_.size();
   rec.peak_memory_bytes =
       static_cast<double>(4 * state_floats) + static_cast<double>(model_->activation_bytes());
+  const StateBytes state = state_bytes();
+  rec.memory = StepMemory{state.parameters, state.gradients, state.optimizer,
+                          static_cast<double>(model_->activation_bytes())};
   return rec;
 }
 
