@@ -39,7 +39,7 @@ Plan cpu_plan(const std::string& model, std::int64_t devices, std::int64_t ep, s
 std::vector<simulator::Measurement> synthetic_runs(const ClusterSpec& truth, double noise) {
   std::vector<Plan> plans;
   for (const std::string model : {"tiny", "mini"}) {
-    for (std::int64_t seq : {32, 128}) {
+    for (std::int64_t seq : {8, 32, 128}) {
       plans.push_back(cpu_plan(model, 1, 1, 1, 2, seq));
       plans.push_back(cpu_plan(model, 1, 1, 1, 8, seq, Recompute::Full));
       plans.push_back(cpu_plan(model, 2, 2, 1, 4, seq));
