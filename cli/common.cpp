@@ -38,6 +38,13 @@ void add_setup_options(CLI::App& app, SetupOptions& o, bool required) {
   app.add_option("--dispatcher", o.dispatcher, "alltoall or allgather")
       ->check(CLI::IsMember({"alltoall", "allgather"}))
       ->capture_default_str();
+  app.add_option("--expert-skew", o.expert_skew,
+                 "coefficient of variation of expert popularity (aux_loss/none routing), which "
+                 "sets the busiest expert-parallel rank's load in predictions")
+      ->capture_default_str();
+  app.add_flag("--force-balanced", o.force_balanced,
+               "predict with routing forced to uniform (as many benchmarks run; the executor "
+               "refuses it)");
   app.add_option("--seed", o.seed, "random seed")->capture_default_str();
   app.add_option("--lr", o.lr, "peak learning rate (default 3e-4)");
   app.add_option("--min-lr", o.min_lr,
@@ -91,6 +98,11 @@ Setup load_setup(const SetupOptions& o) {
   s.train.moe.z_loss_coef = o.z_loss_coef;
   s.train.moe.capacity_factor = o.capacity_factor;
   s.train.moe.dispatcher = parse_dispatcher(o.dispatcher);
+  if (!(o.expert_skew >= 0 && o.expert_skew <= 100)) {
+    throw InputError("--expert-skew must be in [0, 100]");
+  }
+  s.train.moe.expert_skew = o.expert_skew;
+  s.train.moe.force_balanced = o.force_balanced;
   s.train.seed = o.seed;
   return s;
 }

@@ -26,6 +26,8 @@ struct SetupOptions {
   double z_loss_coef = 0.0;
   double capacity_factor = 0.0;
   std::string dispatcher = "alltoall";
+  double expert_skew = MoeOptions{}.expert_skew;
+  bool force_balanced = false;
   std::uint64_t seed = 1234;
   // AdamW and its schedule; unset values keep TrainSpec's defaults.
   std::optional<double> lr, min_lr, weight_decay, grad_clip;

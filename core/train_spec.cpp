@@ -55,7 +55,9 @@ Json to_json(const TrainSpec& t) {
               {"aux_loss_coef", m.aux_loss_coef},
               {"z_loss_coef", m.z_loss_coef},
               {"capacity_factor", m.capacity_factor},
-              {"dispatcher", to_string(m.dispatcher)}};
+              {"dispatcher", to_string(m.dispatcher)},
+              {"expert_skew", m.expert_skew},
+              {"force_balanced", m.force_balanced}};
   j["seed"] = t.seed;
   return j;
 }
@@ -87,6 +89,8 @@ TrainSpec train_from_json(JsonObjectReader r) {
     t.moe.z_loss_coef = m.get_double("z_loss_coef", 0, 1e6);
     t.moe.capacity_factor = m.get_double("capacity_factor", 0, 1e6);
     t.moe.dispatcher = parse_dispatcher(m.get_enum("dispatcher", {"alltoall", "allgather"}));
+    t.moe.expert_skew = m.get_double("expert_skew", 0, 100);
+    t.moe.force_balanced = m.get_bool("force_balanced");
     m.finish();
   }
   const Json& seed = r.get_raw("seed");

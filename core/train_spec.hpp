@@ -32,6 +32,17 @@ struct MoeOptions {
   double z_loss_coef = 0.0;
   double capacity_factor = 0.0;  // 0 = dropless
   Dispatcher dispatcher = Dispatcher::AllToAll;
+  // Spread of expert popularity over a global batch, as the coefficient of variation of per-expert
+  // token counts (std / mean). Used for aux_loss and none routing; sinkhorn and forced balance
+  // route evenly. The default 0.2 is derived from the MaxVio figures that arXiv 2408.15664 (Wang et
+  // al., "Auxiliary-Loss-Free Load Balancing Strategy for Mixture-of-Experts", Table 1) reports
+  // for aux-loss training (MaxVio_global 0.52-0.72 over 64 experts, i.e. a CV of 0.2-0.3 when the
+  // busiest of 64 experts sits about 2.4 sigma above the mean). `moetune calibrate` fits it to
+  // measured tokens_per_expert histograms.
+  double expert_skew = 0.2;
+  // Routing forced to uniform random (Megatron's --moe-router-force-load-balancing), as many
+  // published benchmarks run. Only the simulator models it; the executor trains real routing.
+  bool force_balanced = false;
   bool operator==(const MoeOptions&) const = default;
 };
 

@@ -63,6 +63,11 @@ void check_runnable_on_cpu(const Plan& plan, std::int64_t ranks) {
                      to_string(plan.train.precision) +
                      "; the CPU backend trains fp32 plans for a cpu cluster such as cpu-local");
   }
+  if (plan.train.moe.force_balanced) {
+    throw InputError(
+        "this plan forces balanced routing, a benchmark setting only the simulator models; the "
+        "executor trains real routing (plan again without --force-balanced)");
+  }
   if (l.world_size() != ranks) {
     throw InputError("this plan has " + std::to_string(l.world_size()) + " ranks but " +
                      std::to_string(ranks) +

@@ -18,7 +18,23 @@ double activation_bytes(Precision p) {
   return p == Precision::Fp32 ? 4.0 : 2.0;
 }
 
+// Inverse of the standard normal CDF (Abramowitz and Stegun 26.2.23, error below 4.5e-4).
+double normal_quantile(double p) {
+  const bool upper = p > 0.5;
+  const double q = upper ? 1.0 - p : p;
+  const double t = std::sqrt(-2.0 * std::log(q));
+  const double z = t - (2.515517 + 0.802853 * t + 0.010328 * t * t) /
+                           (1.0 + 1.432788 * t + 0.189269 * t * t + 0.001308 * t * t * t);
+  return upper ? z : -z;
+}
+
 }  // namespace
+
+double expected_max_of_normals(std::int64_t n) {
+  if (n <= 1) return 0.0;
+  const double x = static_cast<double>(n);
+  return normal_quantile((x - 0.375) / (x + 0.25));
+}
 
 StageParams Simulator::stage_params(const Layout& l, std::int64_t stage) const {
   const ModelSpec& m = model_;
@@ -67,13 +83,27 @@ StageParams Simulator::stage_params(const Layout& l, std::int64_t stage) const {
 double Simulator::expert_load_factor(const Layout& l) const {
   if (train_.moe.capacity_factor > 0) return train_.moe.capacity_factor;
   if (l.ep <= 1) return 1.0;
-  // Dropless routing with balanced expected load: rank loads are Binomial(ep * n, 1/ep) with
-  // n = T * k token copies sent per rank; the expected maximum of ep of them is about
-  // mean + sigma * sqrt(2 ln ep). Popularity skew between experts is not modelled yet (issue #3:
-  // a skew parameter fitted from measured expert-load histograms).
-  const double n = static_cast<double>(l.micro_batch * train_.seq_len * model_.num_experts_per_tok);
+  // A rank's load is the sum of its m = E / ep experts' loads. Two sources spread it:
+  // - popularity skew: expert shares with coefficient of variation c, m of E drawn without
+  //   replacement, give a rank share with relative variance c^2 (E - m) / (m (E - 1));
+  // - sampling: the rank receives Binomial(ep * n, 1/ep) of the n = T * k copies a rank sends,
+  //   relative variance (1 - 1/ep) / n.
+  // The busiest of ep ranks then sits z(ep) standard deviations above the mean, z from Blom's
+  // approximation of the expected maximum of ep normal variables.
+  const bool balanced =
+      train_.moe.force_balanced || train_.moe.load_balancing == LoadBalancing::Sinkhorn;
+  const double c = balanced ? 0.0 : expert_skew();
+  const double E = static_cast<double>(model_.num_local_experts);
   const double ep = static_cast<double>(l.ep);
-  return 1.0 + std::sqrt(2.0 * std::log(ep)) * std::sqrt((1.0 - 1.0 / ep) / n);
+  const double m = E / ep;
+  const double skew_var = E > 1 ? c * c * (E - m) / (m * (E - 1)) : 0.0;
+  const double n = static_cast<double>(l.micro_batch * train_.seq_len * model_.num_experts_per_tok);
+  const double sampling_var = (1.0 - 1.0 / ep) / n;
+  return 1.0 + expected_max_of_normals(l.ep) * std::sqrt(skew_var + sampling_var);
+}
+
+double Simulator::expert_skew() const {
+  return train_.moe.expert_skew;
 }
 
 LayerActivations Simulator::layer_activations(const Layout& l) const {

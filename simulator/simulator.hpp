@@ -54,6 +54,8 @@ class Simulator {
   LayerActivations layer_activations(const Layout& layout) const;
   // Expected tokens the busiest EP rank receives, as a multiple of the mean (>= 1).
   double expert_load_factor(const Layout& layout) const;
+  // Coefficient of variation of expert popularity the prediction assumes (train.moe.expert_skew).
+  double expert_skew() const;
   // Memory of the worst rank; also returns offloaded host bytes per node and, with activation
   // offload, the bytes of one micro-batch's activations that go to the host and back (per rank,
   // busiest stage).
@@ -74,6 +76,9 @@ class Simulator {
   std::vector<LayerParams> layer_params_;  // [layer], computed once
   double model_flops_per_token_ = 0;       // training, causal attention
 };
+
+// Expected maximum of n independent standard normal variables (Blom's approximation; 0 for n <= 1).
+double expected_max_of_normals(std::int64_t n);
 
 // Simulates a whole plan with default settings.
 Prediction simulate(const Plan& plan);

@@ -14,6 +14,8 @@
 // fraction such as 0.05, not exact in binary) is compared with a relative tolerance.
 #include <catch2/catch.hpp>
 
+#include <cmath>
+
 #include "core/constraints.hpp"
 #include "core/presets.hpp"
 #include "core/units.hpp"
@@ -307,4 +309,38 @@ TEST_CASE("predict: fits, reasons and derived figures", "[simulator][predict]") 
                Catch::Contains("of 40.0 GiB per device") && Catch::Contains("model state"));
     CHECK(p.peak_memory_bytes > 16 * 46.7e9);  // 16 bytes per parameter alone
   }
+}
+
+TEST_CASE("expert load factor: skew raises the busiest rank, balanced routing does not") {
+  // Mixtral 8x7B on 8 H100s, micro-batch 1 of 4,096 tokens: n = 8,192 copies per rank.
+  auto sim_with = [](LoadBalancing lb, double skew, bool forced) {
+    TrainSpec t;
+    t.seq_len = 4096;
+    t.global_batch = 8;
+    t.moe.load_balancing = lb;
+    t.moe.expert_skew = skew;
+    t.moe.force_balanced = forced;
+    return Simulator(load_model("mixtral-8x7b"), load_cluster("dgx-h100", 1, 8), t);
+  };
+  const Layout l = layout(1, 8, 1);
+  const double z8 = simulator::expected_max_of_normals(8);
+  // Tabulated expected maxima: 8 normals 1.4236, 2 normals 1/sqrt(pi); Blom is within 1% and 5%.
+  CHECK(z8 == Approx(1.4236).epsilon(0.01));
+  CHECK(simulator::expected_max_of_normals(2) == Approx(0.5642).epsilon(0.05));
+  const double sampling = std::sqrt((1.0 - 1.0 / 8.0) / 8192.0);
+  // One expert per rank: the rank share's spread is the expert skew itself.
+  const double skewed = sim_with(LoadBalancing::AuxLoss, 0.2, false).expert_load_factor(l);
+  CHECK(skewed == Approx(1.0 + z8 * std::sqrt(0.04 + sampling * sampling)).epsilon(1e-12));
+  const double sinkhorn = sim_with(LoadBalancing::Sinkhorn, 0.2, false).expert_load_factor(l);
+  const double forced = sim_with(LoadBalancing::AuxLoss, 0.2, true).expert_load_factor(l);
+  CHECK(sinkhorn == Approx(1.0 + z8 * sampling).epsilon(1e-12));
+  CHECK(forced == sinkhorn);
+  CHECK(skewed > sinkhorn);
+  // ep = 1 holds every expert: no imbalance between ranks.
+  CHECK(sim_with(LoadBalancing::AuxLoss, 0.2, false).expert_load_factor(layout(1, 1, 8)) == 1.0);
+  // Two experts per rank (ep 4) average out part of the skew: c^2 (E - m) / (m (E - 1)).
+  const double z4 = simulator::expected_max_of_normals(4);
+  const double s4 = (1.0 - 0.25) / 8192.0;
+  CHECK(sim_with(LoadBalancing::AuxLoss, 0.2, false).expert_load_factor(layout(1, 4, 2)) ==
+        Approx(1.0 + z4 * std::sqrt(0.04 * 6.0 / 14.0 + s4)).epsilon(1e-12));
 }
