@@ -41,8 +41,7 @@ std::string name_of(const Case& c) {
   std::snprintf(buf, sizeof buf, "%s-s%lld-w%lld-ep%lld-hs%lld-mb%lld%s", c.model.c_str(),
                 static_cast<long long>(c.seq), static_cast<long long>(c.world),
                 static_cast<long long>(c.ep), static_cast<long long>(c.hs),
-                static_cast<long long>(c.micro_batch),
-                c.recompute == Recompute::Full ? "-rc" : "");
+                static_cast<long long>(c.micro_batch), c.recompute == Recompute::Full ? "-rc" : "");
   return buf;
 }
 
@@ -71,7 +70,8 @@ double rel(double predicted, double measured) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string moetune = "build/cli/moetune", profile_spec = "cpu-local", out = "build/sim_vs_executor";
+  std::string moetune = "build/cli/moetune", profile_spec = "cpu-local",
+              out = "build/sim_vs_executor";
   std::int64_t steps = 6;
   bool reuse = false;
   for (int i = 1; i < argc; ++i) {
@@ -94,8 +94,9 @@ int main(int argc, char** argv) {
     } else if (a == "--reuse") {
       reuse = true;
     } else {
-      std::fprintf(stderr, "usage: sim_vs_executor [--moetune BIN] [--profile FILE] [--steps N] "
-                           "[--out DIR] [--reuse]\n");
+      std::fprintf(stderr,
+                   "usage: sim_vs_executor [--moetune BIN] [--profile FILE] [--steps N] "
+                   "[--out DIR] [--reuse]\n");
       return 2;
     }
   }
@@ -132,8 +133,7 @@ int main(int argc, char** argv) {
         const std::string cmd = "MOETUNE_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 '" + moetune +
                                 "' launch --plan '" + (dir / "plan.json").string() +
                                 "' -- --quiet --steps " + std::to_string(steps) + " --metrics '" +
-                                metrics.string() + "' > '" + (dir / "log.txt").string() +
-                                "' 2>&1";
+                                metrics.string() + "' > '" + (dir / "log.txt").string() + "' 2>&1";
         std::fprintf(stderr, "running %s\n", name_of(c).c_str());
         if (std::system(cmd.c_str()) != 0) {
           std::fprintf(stderr, "sim_vs_executor: %s failed; see %s\n", name_of(c).c_str(),
@@ -156,7 +156,8 @@ int main(int argc, char** argv) {
                     p.stderr_value);
       }
     }
-    if (fit.expert_skew) std::printf("  expert skew %.3f ± %.3f\n", *fit.expert_skew, fit.expert_skew_stderr);
+    if (fit.expert_skew)
+      std::printf("  expert skew %.3f ± %.3f\n", *fit.expert_skew, fit.expert_skew_stderr);
 
     auto table = [&](const char* title, const std::vector<simulator::Measurement>& runs,
                      const std::vector<Case>& cs, std::vector<double>* errors_after) {
@@ -170,10 +171,10 @@ int main(int argc, char** argv) {
         std::string state = "n/a";
         double act_pred = a.memory.activations, act_meas = 0;
         if (m.memory) {
-          const bool exact = a.memory.parameters + a.memory.gathered_parameters ==
-                                 m.memory->parameters_bytes &&
-                             a.memory.gradients == m.memory->gradients_bytes &&
-                             a.memory.optimizer == m.memory->optimizer_bytes;
+          const bool exact =
+              a.memory.parameters + a.memory.gathered_parameters == m.memory->parameters_bytes &&
+              a.memory.gradients == m.memory->gradients_bytes &&
+              a.memory.optimizer == m.memory->optimizer_bytes;
           state = exact ? "exact" : "DIFF";
           act_meas = m.memory->activations_bytes;
         }
@@ -204,13 +205,15 @@ int main(int argc, char** argv) {
       pred_a.push_back(simulator::predict_run(fit.profile, m).step_time_s);
       meas.push_back(m.step_time_s);
     }
-    std::printf("\nheld-out step time |error|: median %.1f%%, worst %.1f%% (before calibration: "
-                "median %.1f%%)\n",
-                100 * median(held_err), 100 * worst(held_err),
-                100 * simulator::median_step_time_error(base, held_out));
-    std::printf("Kendall's tau (held-out, predicted vs measured step time): %.2f before, %.2f "
-                "after calibration\n",
-                simulator::kendall_tau(pred_b, meas), simulator::kendall_tau(pred_a, meas));
+    std::printf(
+        "\nheld-out step time |error|: median %.1f%%, worst %.1f%% (before calibration: "
+        "median %.1f%%)\n",
+        100 * median(held_err), 100 * worst(held_err),
+        100 * simulator::median_step_time_error(base, held_out));
+    std::printf(
+        "Kendall's tau (held-out, predicted vs measured step time): %.2f before, %.2f "
+        "after calibration\n",
+        simulator::kendall_tau(pred_b, meas), simulator::kendall_tau(pred_a, meas));
     // Ranking within each (model, seq) group, as tune ranks layouts of one setup.
     double tau_sum = 0;
     int groups = 0;

@@ -30,7 +30,8 @@ struct CalibrateOptions {
 
 void run(const CalibrateOptions& o) {
   std::vector<std::filesystem::path> files(o.runs.begin(), o.runs.end());
-  const std::vector<simulator::Measurement> runs = simulator::load_measurements(files, o.skip_steps);
+  const std::vector<simulator::Measurement> runs =
+      simulator::load_measurements(files, o.skip_steps);
   ClusterSpec base;
   if (!o.base.empty()) {
     base = load_cluster(o.base, std::nullopt, std::nullopt);
@@ -52,9 +53,9 @@ void run(const CalibrateOptions& o) {
   print_calibration(base, runs, result, !o.quiet);
   if (!o.out.empty()) {
     ClusterSpec out = result.profile;
-    out.sources["calibration"] =
-        "Fitted by `moetune calibrate` to " + std::to_string(runs.size()) + " run(s); see the "
-        "calibration block for values, standard errors and runs.";
+    out.sources["calibration"] = "Fitted by `moetune calibrate` to " + std::to_string(runs.size()) +
+                                 " run(s); see the "
+                                 "calibration block for values, standard errors and runs.";
     write_file_atomically(o.out, to_json(out).dump(2) + "\n");
     std::printf("wrote %s (use it with --cluster %s)\n", o.out.c_str(), o.out.c_str());
   }
@@ -72,8 +73,7 @@ void register_calibrate(CLI::App& app) {
   cmd->add_option("--base", o->base,
                   "cluster profile to start from (preset or JSON; default: the first run's)");
   cmd->add_option("--out", o->out, "write the calibrated cluster profile (JSON) here");
-  cmd->add_option("--params", o->params,
-                  "parameters to fit (default: every one the runs identify)")
+  cmd->add_option("--params", o->params, "parameters to fit (default: every one the runs identify)")
       ->delimiter(',');
   cmd->add_option("--skip-steps", o->skip_steps, "warm-up steps left out of each run")
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{1} << 30))

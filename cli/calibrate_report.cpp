@@ -27,28 +27,28 @@ std::string value_text(double v) {
 
 std::string short_layout(const Layout& l) {
   char buf[128];
-  std::snprintf(buf, sizeof buf, "tp=%lld ep=%lld hs=%lld rep=%lld mb=%lld%s",
-                static_cast<long long>(l.tp), static_cast<long long>(l.ep),
-                static_cast<long long>(l.hs), static_cast<long long>(l.rep),
-                static_cast<long long>(l.micro_batch),
-                l.recompute == Recompute::Full ? " recompute" : "");
+  std::snprintf(
+      buf, sizeof buf, "tp=%lld ep=%lld hs=%lld rep=%lld mb=%lld%s", static_cast<long long>(l.tp),
+      static_cast<long long>(l.ep), static_cast<long long>(l.hs), static_cast<long long>(l.rep),
+      static_cast<long long>(l.micro_batch), l.recompute == Recompute::Full ? " recompute" : "");
   return buf;
 }
 
 void print_calibration(const ClusterSpec& base, const std::vector<simulator::Measurement>& runs,
                        const simulator::FitResult& result, bool per_run) {
-  std::printf("calibrated %s on %zu run(s), %lld residuals: robust cost %.4g -> %.4g in %d "
-              "iteration(s)%s\n",
-              base.name.c_str(), runs.size(), static_cast<long long>(result.residuals),
-              result.cost_before, result.cost_after, result.iterations,
-              result.converged ? "" : " (iteration limit reached)");
+  std::printf(
+      "calibrated %s on %zu run(s), %lld residuals: robust cost %.4g -> %.4g in %d "
+      "iteration(s)%s\n",
+      base.name.c_str(), runs.size(), static_cast<long long>(result.residuals), result.cost_before,
+      result.cost_after, result.iterations, result.converged ? "" : " (iteration limit reached)");
   if (result.expert_skew) {
     std::int64_t samples = 0;
     for (const auto& m : runs)
       samples += m.expert_skew_samples;
-    std::printf("expert skew (CV of expert popularity): %.3f ± %.3f from %lld (step, layer) "
-                "histograms\n",
-                *result.expert_skew, result.expert_skew_stderr, static_cast<long long>(samples));
+    std::printf(
+        "expert skew (CV of expert popularity): %.3f ± %.3f from %lld (step, layer) "
+        "histograms\n",
+        *result.expert_skew, result.expert_skew_stderr, static_cast<long long>(samples));
   }
   std::printf("\n%-32s %12s %12s %12s\n", "parameter", "before", "after", "± stderr");
   for (const auto& p : result.parameters) {
@@ -65,18 +65,18 @@ void print_calibration(const ClusterSpec& base, const std::vector<simulator::Mea
   }
   const double before = simulator::median_step_time_error(base, runs);
   const double after = simulator::median_step_time_error(result.profile, runs);
-  std::printf("\nstep time, median |predicted/measured - 1| over the runs: %.1f%% before, %.1f%% "
-              "after\n",
-              100.0 * before, 100.0 * after);
+  std::printf(
+      "\nstep time, median |predicted/measured - 1| over the runs: %.1f%% before, %.1f%% "
+      "after\n",
+      100.0 * before, 100.0 * after);
   if (!per_run) return;
   for (const auto& m : runs) {
     const Prediction pb = simulator::predict_run(base, m);
     const Prediction pa = simulator::predict_run(result.profile, m);
-    std::printf("\n%s: %s, %lld rank(s), %lld step(s) used\n",
-                std::filesystem::path(m.source).filename().c_str(),
-                short_layout(m.plan.layout).c_str(),
-                static_cast<long long>(m.plan.layout.world_size()),
-                static_cast<long long>(m.steps_used));
+    std::printf(
+        "\n%s: %s, %lld rank(s), %lld step(s) used\n",
+        std::filesystem::path(m.source).filename().c_str(), short_layout(m.plan.layout).c_str(),
+        static_cast<long long>(m.plan.layout.world_size()), static_cast<long long>(m.steps_used));
     std::printf("  %-10s %10s %10s %10s\n", "ms", "measured", "before", "after");
     std::printf("  %-10s %10s %10s %10s\n", "step", ms(m.step_time_s).c_str(),
                 ms(pb.step_time_s).c_str(), ms(pa.step_time_s).c_str());

@@ -35,7 +35,8 @@ ChildResult run_child(const std::vector<std::string>& argv, const std::vector<st
   int log_fd = -1;
   if (!log_file.empty()) {
     log_fd = ::open(log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (log_fd < 0) throw InputError(log_file + ": cannot open for writing: " + std::strerror(errno));
+    if (log_fd < 0)
+      throw InputError(log_file + ": cannot open for writing: " + std::strerror(errno));
   }
   std::fflush(stdout);
   std::fflush(stderr);

@@ -8,7 +8,7 @@
 namespace moetune::cli {
 
 struct ChildResult {
-  int exit_status = 0;    // the child's exit status; 128 + signal when killed by one
+  int exit_status = 0;     // the child's exit status; 128 + signal when killed by one
   bool timed_out = false;  // killed because the limit passed
   double seconds = 0;
 };

@@ -144,8 +144,8 @@ double profile_memory_bound() {
 // (4 x tokens x q_dim x mean attended keys).
 double profile_attention() {
   const std::int64_t b = 1, s = 256, hq = 8, hkv = 2, dh = 16;
-  std::vector<float> q(b * s * hq * dh, 0.1f), kk(b * s * hkv * dh, 0.2f), v(b * s * hkv * dh, 0.3f),
-      out(b * s * hq * dh), att(b * hq * s * s);
+  std::vector<float> q(b * s * hq * dh, 0.1f), kk(b * s * hkv * dh, 0.2f),
+      v(b * s * hkv * dh, 0.3f), out(b * s * hq * dh), att(b * hq * s * s);
   const double t = best_time([&] {
     k::attention_forward<float>(out.data(), att.data(), q.data(), kk.data(), v.data(), b, s, hq,
                                 hkv, dh, 0);
@@ -209,8 +209,8 @@ void collectives_worker(const std::string& out_file) {
 
 // Runs this command under mpirun with `ranks` ranks and reads rank 0's results.
 std::vector<CollectivePoint> profile_collectives(std::int64_t ranks) {
-  const fs::path tmp = fs::temp_directory_path() /
-                       ("moetune-profile-" + std::to_string(::getpid()) + ".json");
+  const fs::path tmp =
+      fs::temp_directory_path() / ("moetune-profile-" + std::to_string(::getpid()) + ".json");
   std::vector<std::string> argv = {"mpirun", "-np", std::to_string(ranks), "--oversubscribe"};
   if (::geteuid() == 0) argv.push_back("--allow-run-as-root");
   for (const char* env : {"MOETUNE_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1"}) {
@@ -221,16 +221,15 @@ std::vector<CollectivePoint> profile_collectives(std::int64_t ranks) {
   const ChildResult r = run_child(argv, {}, "", 120.0);
   if (r.exit_status != 0 || !fs::exists(tmp)) {
     throw InputError("the collective timings under mpirun failed (exit " +
-                     std::to_string(r.exit_status) +
-                     (r.timed_out ? ", timed out" : "") +
+                     std::to_string(r.exit_status) + (r.timed_out ? ", timed out" : "") +
                      "); run with --skip-collectives to profile only the device");
   }
   const Json j = read_json_file(tmp);
   fs::remove(tmp);
   std::vector<CollectivePoint> out;
   for (const Json& e : j["results"]) {
-    out.push_back({e["kind"].get<std::string>(), e["bytes"].get<double>(),
-                   e["seconds"].get<double>()});
+    out.push_back(
+        {e["kind"].get<std::string>(), e["bytes"].get<double>(), e["seconds"].get<double>()});
   }
   return out;
 }
@@ -299,16 +298,18 @@ void run(const ProfileOptions& o) {
   }
 #endif
   if (o.backend == "cuda") {
-    throw InputError("--backend cuda: this moetune has no CUDA backend built in; profile the CPU "
-                     "with --backend cpu, or build with the CUDA backend on a GPU machine");
+    throw InputError(
+        "--backend cuda: this moetune has no CUDA backend built in; profile the CPU "
+        "with --backend cpu, or build with the CUDA backend on a GPU machine");
   }
   ClusterSpec cluster = load_cluster(o.base, std::nullopt, std::nullopt);
   if (cluster.device.kind != DeviceKind::Cpu) {
-    throw InputError("--base " + o.base + " describes a GPU; --backend cpu profiles a CPU cluster "
+    throw InputError("--base " + o.base +
+                     " describes a GPU; --backend cpu profiles a CPU cluster "
                      "such as cpu-local");
   }
-  const std::string where = "[V] measured by `moetune profile` on " + host_name() + " on " +
-                            utc_date() + ", one thread";
+  const std::string where =
+      "[V] measured by `moetune profile` on " + host_name() + " on " + utc_date() + ", one thread";
   // One device is one core: one kernel thread, single-threaded BLAS.
   k::set_kernel_threads(1);
   k::SingleThreadedBlas single_blas;
@@ -357,7 +358,8 @@ void run(const ProfileOptions& o) {
   const double attention = profile_attention();
   d.attention_efficiency = std::clamp(attention / peak_now, 1e-3, 1.0);
   d.sources["attention_efficiency"] =
-      where + fmt(": causal attention forward (s 256, 8 heads of 16) at %.1f GFLOP/s", attention / 1e9);
+      where +
+      fmt(": causal attention forward (s 256, 8 heads of 16) at %.1f GFLOP/s", attention / 1e9);
   std::printf("attention forward: %.1f GFLOP/s (efficiency %.2f)\n", attention / 1e9,
               d.attention_efficiency);
 
@@ -373,8 +375,9 @@ void run(const ProfileOptions& o) {
     }
     std::printf("fitted intra-node latency %.2f us, bandwidth %.2f GB/s\n",
                 cluster.intra_node.latency_us, cluster.intra_node.bandwidth_GBps);
-    const std::string how = where + ": fitted to all-gather, reduce-scatter, all-reduce and "
-                                    "all-to-all over " +
+    const std::string how = where +
+                            ": fitted to all-gather, reduce-scatter, all-reduce and "
+                            "all-to-all over " +
                             std::to_string(o.ranks) + " MPI ranks, 4 KiB to 16 MiB";
     cluster.sources["intra_node.latency_us"] = how;
     cluster.sources["intra_node.bandwidth_GBps"] = how;
@@ -392,7 +395,8 @@ void run(const ProfileOptions& o) {
 void register_profile(CLI::App& app) {
   auto o = std::make_shared<ProfileOptions>();
   CLI::App* cmd = app.add_subcommand(
-      "profile", "measure this machine (GEMM, memory, attention, collectives) as a cluster profile");
+      "profile",
+      "measure this machine (GEMM, memory, attention, collectives) as a cluster profile");
   cmd->add_option("--backend", o->backend, "cpu or cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();

@@ -32,9 +32,9 @@ using Clock = std::chrono::steady_clock;
 struct TuneOptions {
   SetupOptions setup;
   LayoutOptions layout;
-  std::int64_t trials = 4;   // candidates run per round
-  std::int64_t steps = 5;    // steps per trial; the first is warm-up
-  std::int64_t rounds = 3;   // at most
+  std::int64_t trials = 4;  // candidates run per round
+  std::int64_t steps = 5;   // steps per trial; the first is warm-up
+  std::int64_t rounds = 3;  // at most
   double budget_minutes = 10;
   std::string out;
   std::string objective = "throughput";
@@ -99,9 +99,10 @@ void run(const TuneOptions& o) {
   if (o.out.empty()) throw InputError("tune needs --out DIR for the plan and report");
   Setup setup = load_setup(o.setup);
   if (setup.cluster.nodes != 1) {
-    throw InputError("tune runs its trials on this machine (moetune launch --launcher local), "
-                     "one node; the cluster has " +
-                     std::to_string(setup.cluster.nodes) + " nodes");
+    throw InputError(
+        "tune runs its trials on this machine (moetune launch --launcher local), "
+        "one node; the cluster has " +
+        std::to_string(setup.cluster.nodes) + " nodes");
   }
   if (setup.cluster.device.kind != DeviceKind::Cpu) {
     throw InputError("tune runs trials with the CPU executor here; " + setup.cluster.name +
@@ -114,22 +115,23 @@ void run(const TuneOptions& o) {
 
   const ClusterSpec initial_profile = setup.cluster;
   ClusterSpec profile = initial_profile;
-  std::vector<planner::Candidate> ranking = runnable(
-      planner::search(setup.model, profile, setup.train, search), setup);
+  std::vector<planner::Candidate> ranking =
+      runnable(planner::search(setup.model, profile, setup.train, search), setup);
   if (ranking.empty()) {
     throw InputError("no layout of " + setup.model.name + " fits " + setup.cluster.name +
                      " and runs on the CPU executor; see moetune explain");
   }
   const std::vector<planner::Candidate> initial_ranking = ranking;
-  std::fprintf(stderr, "[tune 0:00] %zu runnable layouts; budget %s; %lld trials per round, %lld "
-                       "steps each\n",
+  std::fprintf(stderr,
+               "[tune 0:00] %zu runnable layouts; budget %s; %lld trials per round, %lld "
+               "steps each\n",
                ranking.size(), clock_text(budget_s).c_str(), static_cast<long long>(o.trials),
                static_cast<long long>(o.steps));
 
   std::vector<Trial> trials;
   std::vector<simulator::Measurement> measurements;
   std::vector<std::vector<std::string>> ranking_history;  // top-K keys per round
-  std::string stopped = "rounds";  // why the loop ended
+  std::string stopped = "rounds";                         // why the loop ended
   std::optional<simulator::FitResult> fit;
   auto measured_key = [&](const std::string& key) {
     for (const Trial& t : trials)
@@ -138,7 +140,8 @@ void run(const TuneOptions& o) {
   };
   auto initial_rank_of = [&](const Layout& l) {
     for (std::size_t i = 0; i < initial_ranking.size(); ++i)
-      if (layout_key(initial_ranking[i].layout) == layout_key(l)) return static_cast<std::int64_t>(i + 1);
+      if (layout_key(initial_ranking[i].layout) == layout_key(l))
+        return static_cast<std::int64_t>(i + 1);
     return std::int64_t{0};
   };
   const std::vector<std::string> env = {"MOETUNE_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1"};
@@ -179,8 +182,9 @@ void run(const TuneOptions& o) {
       const Plan plan = planner::make_plan(setup.model, profile, setup.train, t.layout);
       t.predicted_at_run_s = plan.prediction->step_time_s;
       t.predicted_memory_bytes = plan.prediction->peak_memory_bytes;
-      t.predicted_initial_s =
-          simulator::Simulator(setup.model, initial_profile, setup.train).predict(t.layout).step_time_s;
+      t.predicted_initial_s = simulator::Simulator(setup.model, initial_profile, setup.train)
+                                  .predict(t.layout)
+                                  .step_time_s;
       write_plan_file(t.dir / "plan.json", plan);
       const fs::path metrics = t.dir / "run.jsonl";
       fs::remove(metrics);
@@ -190,10 +194,10 @@ void run(const TuneOptions& o) {
                    clock_text(elapsed()).c_str(), static_cast<long long>(round),
                    static_cast<long long>(t.index), i + 1, todo.size(),
                    short_layout(t.layout).c_str(), ms_text(t.predicted_at_run_s).c_str());
-      const ChildResult r = run_child(
-          {self_executable(), "launch", "--plan", (t.dir / "plan.json").string(), "--", "--steps",
-           std::to_string(o.steps), "--metrics", metrics.string(), "--quiet"},
-          env, (t.dir / "log.txt").string(), left);
+      const ChildResult r =
+          run_child({self_executable(), "launch", "--plan", (t.dir / "plan.json").string(), "--",
+                     "--steps", std::to_string(o.steps), "--metrics", metrics.string(), "--quiet"},
+                    env, (t.dir / "log.txt").string(), left);
       if (r.timed_out) {
         t.failure = "stopped by the budget";
         out_of_time = true;
@@ -335,10 +339,11 @@ void run(const TuneOptions& o) {
                                     : "the round limit",
               clock_text(elapsed()).c_str(), clock_text(budget_s).c_str());
   if (meas.size() >= 2) {
-    std::printf("Kendall's tau, predicted vs measured step time over %zu trials: %.2f on the "
-                "starting profile, %.2f calibrated\n",
-                meas.size(), simulator::kendall_tau(pred_initial, meas),
-                simulator::kendall_tau(pred_final, meas));
+    std::printf(
+        "Kendall's tau, predicted vs measured step time over %zu trials: %.2f on the "
+        "starting profile, %.2f calibrated\n",
+        meas.size(), simulator::kendall_tau(pred_initial, meas),
+        simulator::kendall_tau(pred_final, meas));
   }
   if (best != nullptr) {
     std::printf("winner: %s, measured %s ms/step (%.0f tokens/s), predicted %s ms calibrated\n",
@@ -349,8 +354,8 @@ void run(const TuneOptions& o) {
     std::printf("winner: %s, the simulator's top pick (no trial finished within the budget)\n",
                 short_layout(winner).c_str());
   }
-  std::printf("wrote %s/plan.json, %s/profile.json, %s/report.json\n", o.out.c_str(),
-              o.out.c_str(), o.out.c_str());
+  std::printf("wrote %s/plan.json, %s/profile.json, %s/report.json\n", o.out.c_str(), o.out.c_str(),
+              o.out.c_str());
 }
 
 }  // namespace

@@ -145,7 +145,16 @@ RunLog read_run_log(const std::filesystem::path& file) {
     ++n;
     if (line.empty()) continue;
     const std::string where = file.string() + ":" + std::to_string(n);
-    Json j = parse_json_text(line, where);
+    Json j;
+    try {
+      j = parse_json_text(line, where);
+    } catch (const InputError& e) {
+      // A first line that is no JSON record is some other file (a plan.json, a binary).
+      if (!have_header) {
+        throw InputError(where + ": not a moetune run log (its first line is no JSON header)");
+      }
+      throw;
+    }
     if (!have_header) {
       if (!j.is_object() || !j.contains("type") || j["type"] != "header") {
         throw InputError(where + ": not a moetune run log (the first line must be its header)");

@@ -57,7 +57,7 @@ struct StepRecord {
   std::map<std::string, double> phases_s;               // measured seconds per phase on this rank
   std::map<std::string, CollectiveRecord> collectives;  // per collective kind
   double peak_memory_bytes = 0;
-  std::optional<StepMemory> memory;  // optional in the file
+  std::optional<StepMemory> memory;                          // optional in the file
   std::vector<std::vector<std::int64_t>> tokens_per_expert;  // [layer][expert], this rank's tokens
   std::int64_t dropped_tokens = 0;
   bool operator==(const StepRecord&) const = default;

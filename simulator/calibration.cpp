@@ -55,7 +55,7 @@ const CalibrationParameter& calibration_parameter(const std::string& name) {
 }
 
 const std::vector<std::string>& compared_phases() {
-  static const std::vector<std::string> phases = {"attention", "router", "dispatch", "experts",
+  static const std::vector<std::string> phases = {"attention", "router",  "dispatch", "experts",
                                                   "combine",   "lm_head", "optimizer"};
   return phases;
 }

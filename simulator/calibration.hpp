@@ -1,5 +1,5 @@
-// Calibration: fits a cluster profile's hardware parameters (efficiencies, bandwidths, latencies) to
-// measured run.jsonl files by robust nonlinear least squares through the simulator, and measures
+// Calibration: fits a cluster profile's hardware parameters (efficiencies, bandwidths, latencies)
+// to measured run.jsonl files by robust nonlinear least squares through the simulator, and measures
 // the expert-popularity skew from the runs' expert-load histograms.
 //
 // The fitted parameters come from a small registry (name, accessors on ClusterSpec, bounds, log or
@@ -76,8 +76,8 @@ Prediction predict_run(const ClusterSpec& profile, const Measurement& run);
 struct FitOptions {
   // Parameters to fit; empty: every registry entry that these runs can identify.
   std::vector<std::string> parameters;
-  double huber_delta = 0.1;    // log-ratio beyond which a residual counts linearly (~10%)
-  double phase_weight = 0.5;   // weight of each phase residual relative to the step time's
+  double huber_delta = 0.1;   // log-ratio beyond which a residual counts linearly (~10%)
+  double phase_weight = 0.5;  // weight of each phase residual relative to the step time's
   int max_iterations = 100;
   bool fit_expert_skew = true;  // measure it from the histograms
 };

@@ -43,8 +43,8 @@ void symmetric_eigen(Matrix a, std::vector<double>& w, Matrix& v) {
       for (std::size_t q = p + 1; q < n; ++q) {
         if (std::abs(a[p][q]) < 1e-300) continue;
         const double theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q]);
-        const double t = (theta >= 0 ? 1.0 : -1.0) /
-                         (std::abs(theta) + std::sqrt(theta * theta + 1.0));
+        const double t =
+            (theta >= 0 ? 1.0 : -1.0) / (std::abs(theta) + std::sqrt(theta * theta + 1.0));
         const double c = 1.0 / std::sqrt(t * t + 1.0), s = t * c;
         for (std::size_t k = 0; k < n; ++k) {
           const double akp = a[k][p], akq = a[k][q];
@@ -131,9 +131,7 @@ class Problem {
   double to_x(std::size_t j, double value) const {
     return params_[j]->log_space ? std::log(value) : value;
   }
-  double to_value(std::size_t j, double x) const {
-    return params_[j]->log_space ? std::exp(x) : x;
-  }
+  double to_value(std::size_t j, double x) const { return params_[j]->log_space ? std::exp(x) : x; }
   double lower_x(std::size_t j) const { return to_x(j, params_[j]->lower); }
   double upper_x(std::size_t j) const { return to_x(j, params_[j]->upper); }
 
