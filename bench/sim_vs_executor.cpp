@@ -4,7 +4,7 @@
 // per layout the step-time error before and after calibration, parameter / gradient / optimizer
 // memory (must be exact) and activation memory, and Kendall's tau of the held-out rankings.
 //
-// Usage: sim_vs_executor [--moetune build/cli/moetune] [--profile FILE] [--steps 6]
+// Usage: sim_vs_executor [--moetune build/cli/moetune] [--profile FILE] [--steps 8]
 //                        [--out DIR] [--reuse]
 //   --profile: the starting cluster profile (default cpu-local; e.g. one from `moetune profile`)
 //   --reuse:   keep run.jsonl files already in DIR (re-fit without re-running)
@@ -52,10 +52,11 @@ std::vector<Case> cases() {
   std::vector<Case> out;
   for (const std::string model : {"tiny", "mini"}) {
     for (std::int64_t seq : {64, 128}) {
+      // even positions are fitted, odd ones held out: each half has W = 1 and W = 2
       out.push_back({model, seq, 1, 1, 1, 8, Recompute::None});
       out.push_back({model, seq, 2, 2, 1, 4, Recompute::None});
-      out.push_back({model, seq, 1, 1, 1, 2, Recompute::None});
       out.push_back({model, seq, 2, 1, 2, 4, Recompute::None});
+      out.push_back({model, seq, 1, 1, 1, 2, Recompute::None});
       out.push_back({model, seq, 1, 1, 1, 4, Recompute::Full});
       out.push_back({model, seq, 2, 1, 1, 2, Recompute::None});
     }
@@ -72,7 +73,7 @@ double rel(double predicted, double measured) {
 int main(int argc, char** argv) {
   std::string moetune = "build/cli/moetune", profile_spec = "cpu-local",
               out = "build/sim_vs_executor";
-  std::int64_t steps = 6;
+  std::int64_t steps = 8;
   bool reuse = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];

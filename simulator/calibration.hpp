@@ -41,14 +41,15 @@ const std::vector<std::string>& compared_phases();
 // Seconds of phase `name` in a TimeBreakdown (0 for a name it does not have).
 double phase_seconds(const TimeBreakdown& time, const std::string& name);
 
-// One training run summarised for the fit: medians over its steps after the warm-up, the slowest
-// rank per step (the simulator predicts the busiest rank).
+// One training run summarised for the fit: its fastest step after the warm-up (the slowest rank
+// of that step: the simulator predicts the busiest rank) with that step's phases.
 struct Measurement {
   std::string source;  // the rank-0 file's name
   Plan plan;
   std::int64_t ranks_read = 0;
   std::int64_t steps_used = 0;
-  double step_time_s = 0;
+  double step_time_s = 0;         // the fastest step
+  double median_step_time_s = 0;  // for reference: the median step
   std::map<std::string, double> phases_s;
   double peak_memory_bytes = 0;
   std::optional<StepMemory> memory;  // the executor's breakdown, busiest rank
