@@ -26,6 +26,7 @@ struct CalibrateOptions {
   double huber_delta = 0.1;
   double phase_weight = 0.5;
   bool quiet = false;
+  bool check = false;
 };
 
 void run(const CalibrateOptions& o) {
@@ -44,6 +45,10 @@ void run(const CalibrateOptions& o) {
                        " cluster, but the profile describes a " + to_string(base.device.kind) +
                        " device; calibrate runs of one machine kind together");
     }
+  }
+  if (o.check) {
+    print_comparison(base, runs);
+    return;
   }
   simulator::FitOptions fit;
   fit.parameters = o.params;
@@ -87,6 +92,8 @@ void register_calibrate(CLI::App& app) {
       ->check(CLI::Range(0.0, 100.0))
       ->capture_default_str();
   cmd->add_flag("--quiet", o->quiet, "only the fitted values, no per-run tables");
+  cmd->add_flag("--check", o->check,
+                "fit nothing: print the profile's predictions beside the measurements");
   cmd->callback([o] { run(*o); });
 }
 

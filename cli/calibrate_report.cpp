@@ -92,4 +92,29 @@ void print_calibration(const ClusterSpec& base, const std::vector<simulator::Mea
   }
 }
 
+void print_comparison(const ClusterSpec& profile, const std::vector<simulator::Measurement>& runs) {
+  for (const auto& m : runs) {
+    const Prediction p = simulator::predict_run(profile, m);
+    std::printf(
+        "%s: %s, %lld rank(s), fastest of %lld step(s) after warm-up\n",
+        std::filesystem::path(m.source).filename().c_str(), short_layout(m.plan.layout).c_str(),
+        static_cast<long long>(m.plan.layout.world_size()), static_cast<long long>(m.steps_used));
+    std::printf("  %-10s %10s %10s %8s\n", "ms", "measured", "predicted", "error");
+    auto row = [](const std::string& name, double measured, double predicted) {
+      std::printf("  %-10s %10s %10s %+7.1f%%\n", name.c_str(), ms(measured).c_str(),
+                  ms(predicted).c_str(), measured > 0 ? 100.0 * (predicted / measured - 1.0) : 0.0);
+    };
+    row("step", m.step_time_s, p.step_time_s);
+    for (const std::string& phase : simulator::compared_phases()) {
+      const auto it = m.phases_s.find(phase);
+      const double measured = it == m.phases_s.end() ? 0.0 : it->second;
+      const double predicted = simulator::phase_seconds(p.time, phase);
+      if (measured > 0 || predicted > 0) row(phase, measured, predicted);
+    }
+    std::printf("  median step %s ms; predicted %.0f tokens/s, measured %.0f (fastest step)\n",
+                ms(m.median_step_time_s).c_str(), p.tokens_per_s,
+                static_cast<double>(m.plan.train.tokens_per_step()) / m.step_time_s);
+  }
+}
+
 }  // namespace moetune::cli
