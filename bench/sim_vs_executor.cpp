@@ -5,9 +5,10 @@
 // memory (must be exact) and activation memory, and Kendall's tau of the held-out rankings.
 //
 // Usage: sim_vs_executor [--moetune build/cli/moetune] [--profile FILE] [--steps 8]
-//                        [--out DIR] [--reuse]
+//                        [--out DIR] [--reuse] [--max-world 2]
 //   --profile: the starting cluster profile (default cpu-local; e.g. one from `moetune profile`)
 //   --reuse:   keep run.jsonl files already in DIR (re-fit without re-running)
+//   --max-world 1: only the one-rank cases (fit and held out)
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -75,6 +76,7 @@ int main(int argc, char** argv) {
               out = "build/sim_vs_executor";
   std::int64_t steps = 8;
   bool reuse = false;
+  std::int64_t max_world = 2;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -92,12 +94,14 @@ int main(int argc, char** argv) {
       steps = std::stoll(next());
     } else if (a == "--out") {
       out = next();
+    } else if (a == "--max-world") {
+      max_world = std::stoll(next());
     } else if (a == "--reuse") {
       reuse = true;
     } else {
       std::fprintf(stderr,
                    "usage: sim_vs_executor [--moetune BIN] [--profile FILE] [--steps N] "
-                   "[--out DIR] [--reuse]\n");
+                   "[--out DIR] [--reuse] [--max-world 1|2]\n");
       return 2;
     }
   }
@@ -109,6 +113,7 @@ int main(int argc, char** argv) {
     const std::vector<Case> all = cases();
     for (std::size_t i = 0; i < all.size(); ++i) {
       const Case& c = all[i];
+      if (c.world > max_world) continue;
       const fs::path dir = fs::path(out) / name_of(c);
       fs::create_directories(dir);
       const fs::path metrics = dir / "run.jsonl";
@@ -211,6 +216,13 @@ int main(int argc, char** argv) {
         "median %.1f%%)\n",
         100 * median(held_err), 100 * worst(held_err),
         100 * simulator::median_step_time_error(base, held_out));
+    for (std::int64_t world : {1, 2}) {
+      std::vector<double> e;
+      for (std::size_t i = 0; i < held_out.size(); ++i)
+        if (held_cases[i].world == world) e.push_back(held_err[i]);
+      std::printf("  world size %lld: median %.1f%%, worst %.1f%% over %zu held-out runs\n",
+                  static_cast<long long>(world), 100 * median(e), 100 * worst(e), e.size());
+    }
     std::printf(
         "Kendall's tau (held-out, predicted vs measured step time): %.2f before, %.2f "
         "after calibration\n",
