@@ -73,10 +73,10 @@ void print_calibration(const ClusterSpec& base, const std::vector<simulator::Mea
   for (const auto& m : runs) {
     const Prediction pb = simulator::predict_run(base, m);
     const Prediction pa = simulator::predict_run(result.profile, m);
-    std::printf(
-        "\n%s: %s, %lld rank(s), %lld step(s) used\n",
-        std::filesystem::path(m.source).filename().c_str(), short_layout(m.plan.layout).c_str(),
-        static_cast<long long>(m.plan.layout.world_size()), static_cast<long long>(m.steps_used));
+    std::printf("\n%s: %s, %lld rank(s), %lld step(s) used\n", m.source.c_str(),
+                short_layout(m.plan.layout).c_str(),
+                static_cast<long long>(m.plan.layout.world_size()),
+                static_cast<long long>(m.steps_used));
     std::printf("  %-10s %10s %10s %10s\n", "ms", "measured", "before", "after");
     std::printf("  %-10s %10s %10s %10s\n", "step", ms(m.step_time_s).c_str(),
                 ms(pb.step_time_s).c_str(), ms(pa.step_time_s).c_str());
@@ -95,10 +95,10 @@ void print_calibration(const ClusterSpec& base, const std::vector<simulator::Mea
 void print_comparison(const ClusterSpec& profile, const std::vector<simulator::Measurement>& runs) {
   for (const auto& m : runs) {
     const Prediction p = simulator::predict_run(profile, m);
-    std::printf(
-        "%s: %s, %lld rank(s), fastest of %lld step(s) after warm-up\n",
-        std::filesystem::path(m.source).filename().c_str(), short_layout(m.plan.layout).c_str(),
-        static_cast<long long>(m.plan.layout.world_size()), static_cast<long long>(m.steps_used));
+    std::printf("%s: %s, %lld rank(s), fastest of %lld step(s) after warm-up\n", m.source.c_str(),
+                short_layout(m.plan.layout).c_str(),
+                static_cast<long long>(m.plan.layout.world_size()),
+                static_cast<long long>(m.steps_used));
     std::printf("  %-10s %10s %10s %8s\n", "ms", "measured", "predicted", "error");
     auto row = [](const std::string& name, double measured, double predicted) {
       std::printf("  %-10s %10s %10s %+7.1f%%\n", name.c_str(), ms(measured).c_str(),

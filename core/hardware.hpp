@@ -79,7 +79,7 @@ struct CalibratedValue {
 
 struct CalibrationRecord {
   std::vector<CalibratedValue> parameters;
-  std::vector<std::string> runs;      // run.jsonl files used (file names)
+  std::vector<std::string> runs;      // run.jsonl files used, as named to calibrate
   std::optional<double> expert_skew;  // coefficient of variation of expert popularity
   std::string date;                   // ISO 8601, UTC
   double step_time_error_before = 0;  // median |predicted / measured - 1| over the runs

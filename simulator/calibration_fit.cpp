@@ -361,7 +361,7 @@ FitResult calibrate(const ClusterSpec& base_in, const std::vector<Measurement>& 
   result.profile = problem.profile_at(x);
   record.date = utc_now();
   for (const Measurement& m : runs)
-    record.runs.push_back(std::filesystem::path(m.source).filename().string());
+    record.runs.push_back(m.source);  // as given: several runs may share a file name
   for (const FittedParameter& fp : result.parameters) {
     if (!fp.identified) continue;
     record.parameters.push_back(

@@ -27,7 +27,7 @@ TEST_CASE("cli: calibrate fits a real run and writes a profile --cluster accepts
   CHECK_THAT(cal.out, Catch::Contains("expert skew"));
   const ClusterSpec c = load_cluster(profile, std::nullopt, std::nullopt);
   REQUIRE(c.calibration.has_value());
-  CHECK(c.calibration->runs == std::vector<std::string>{"run.jsonl"});
+  CHECK(c.calibration->runs == std::vector<std::string>{metrics});
   CHECK(c.calibration->expert_skew.has_value());
   const Result sim = run_moetune({"simulate", "--model", "tiny", "--cluster", profile, "--nodes",
                                   "1", "--seq", "16", "--global-batch", "4", "--micro-batch", "4"});
