@@ -154,7 +154,9 @@ Measurement summarise_run(const std::vector<RunLog>& ranks, const std::string& s
       for (double c : layer)
         var += (c - mean) * (c - mean);
       var /= E;
-      skew_samples.push_back(std::max(0.0, var / (mean * mean) - (E - 1.0) / total));
+      // tp ranks route the same tokens: each token is counted tp times.
+      const double tokens = total / static_cast<double>(m.plan.layout.tp);
+      skew_samples.push_back(std::max(0.0, var / (mean * mean) - (E - 1.0) / tokens));
     }
   }
   m.steps_used = static_cast<std::int64_t>(step_times.size());
