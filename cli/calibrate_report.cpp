@@ -73,10 +73,10 @@ void print_calibration(const ClusterSpec& base, const std::vector<simulator::Mea
   for (const auto& m : runs) {
     const Prediction pb = simulator::predict_run(base, m);
     const Prediction pa = simulator::predict_run(result.profile, m);
-    std::printf("\n%s: %s, %lld rank(s), %lld step(s) used\n", m.source.c_str(),
+    std::printf("\n%s: %s, %lld rank(s) (%lld log(s) read), %lld step(s) used\n", m.source.c_str(),
                 short_layout(m.plan.layout).c_str(),
                 static_cast<long long>(m.plan.layout.world_size()),
-                static_cast<long long>(m.steps_used));
+                static_cast<long long>(m.ranks_read), static_cast<long long>(m.steps_used));
     std::printf("  %-10s %10s %10s %10s\n", "ms", "measured", "before", "after");
     std::printf("  %-10s %10s %10s %10s\n", "step", ms(m.step_time_s).c_str(),
                 ms(pb.step_time_s).c_str(), ms(pa.step_time_s).c_str());

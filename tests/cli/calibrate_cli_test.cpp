@@ -53,9 +53,12 @@ const std::vector<std::string> kTune = {
 
 TEST_CASE("cli: tune stops on its budget and still writes the best plan", "[cli][tune]") {
   TempDir dir;
-  // 0.06 s: the first trial cannot finish, so the plan is the simulator's top pick.
+  // A 1.2 s budget and a first trial of 20,000 steps (about a minute): the trial is stopped at
+  // the deadline, nothing is measured, and the plan is the simulator's top pick.
+  std::vector<std::string> args = kTune;
+  args.back() = "20000";  // --steps
   const Result r =
-      run_moetune(with(kTune, {"--budget-minutes", "0.001", "--out", dir.path().string()}));
+      run_moetune(with(args, {"--budget-minutes", "0.02", "--out", dir.path().string()}));
   INFO("stdout: " << r.out << "\nstderr: " << r.err);
   REQUIRE(r.status == 0);
   CHECK_THAT(r.out, Catch::Contains("budget is spent"));
@@ -64,6 +67,10 @@ TEST_CASE("cli: tune stops on its budget and still writes the best plan", "[cli]
   const Json report = read_json_file(dir / "report.json");
   CHECK(report["stopped"] == "budget");
   CHECK(report["winner_measured"] == false);
+  REQUIRE(report["trials"].size() == 1);
+  CHECK(report["trials"][0]["failure"] == "stopped by the budget");
+  // Not a timing threshold: a guard that the trial was really stopped rather than run to its end.
+  CHECK(report["elapsed_s"].get<double>() < 30.0);
 }
 
 TEST_CASE("cli: tune measures, calibrates, re-ranks and picks a measured winner", "[cli][tune]") {
@@ -82,6 +89,47 @@ TEST_CASE("cli: tune measures, calibrates, re-ranks and picks a measured winner"
   const Plan plan = read_plan_file(dir / "plan.json");
   REQUIRE(plan.cluster.calibration.has_value());  // planned on the calibrated profile
   CHECK(read_plan_file(dir / "plan.json").layout.world_size() == 1);
+}
+
+}  // namespace
+
+namespace {
+
+TEST_CASE("cli: profile measures this machine into a cluster profile", "[cli][profile]") {
+  TempDir dir;
+  const std::string out = (dir / "profile.json").string();
+  const Result r = run_moetune({"profile", "--out", out});
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.status == 0);
+  CHECK_THAT(r.out, Catch::Contains("all_to_all"));
+  const ClusterSpec c = load_cluster(out, std::nullopt, std::nullopt);
+  const ClusterSpec preset = load_cluster("cpu-local", std::nullopt, std::nullopt);
+  CHECK(c.name == preset.name);
+  CHECK(c.device.gemm_efficiency > 0);
+  CHECK(c.device.memory_bandwidth_GBps > 0);
+  CHECK_THAT(c.device.sources.at("memory_bandwidth_GBps"), Catch::Contains("moetune profile"));
+  CHECK_THAT(c.sources.at("intra_node.latency_us"), Catch::Contains("MPI ranks"));
+  CHECK(c.intra_node.bandwidth_GBps > 0);
+}
+
+TEST_CASE("cli: calibrate reads every rank of a two-rank run once", "[cli][calibrate]") {
+  TempDir dir;
+  const std::string plan = (dir / "plan.json").string();
+  REQUIRE(run_moetune({"plan", "--model", "tiny", "--cluster", "cpu-local", "--nodes", "1", "--seq",
+                       "16", "--global-batch", "4", "--ep", "2", "--hs", "1", "--micro-batch", "2",
+                       "--out", plan})
+              .status == 0);
+  const std::string metrics = (dir / "run.jsonl").string();
+  const Result run = run_moetune(
+      {"launch", "--plan", plan, "--", "--steps", "4", "--quiet", "--metrics", metrics});
+  INFO("stderr: " << run.err);
+  REQUIRE(run.status == 0);
+  // Naming the rank file too must not count the run twice.
+  const Result cal = run_moetune({"calibrate", "--runs", metrics, metrics + ".rank1"});
+  INFO("stdout: " << cal.out << "\nstderr: " << cal.err);
+  REQUIRE(cal.status == 0);
+  CHECK_THAT(cal.out, Catch::Contains("on 1 run(s)"));
+  CHECK_THAT(cal.out, Catch::Contains("2 rank(s) (2 log(s) read)"));
 }
 
 }  // namespace
