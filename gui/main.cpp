@@ -1,0 +1,132 @@
+// moetune-gui: choose a parallel layout interactively and launch its training.
+// `moetune-gui --screenshot FILE [--plan plan.json] [--view NAME]` renders the window to a PNG.
+#include <QApplication>
+#include <QCommandLineParser>
+#include <QTimer>
+
+#include <cstdio>
+
+#include "gui/launch_panel.hpp"
+#include "gui/main_window.hpp"
+#include "gui/setup_panel.hpp"
+
+namespace {
+
+// Waits until the planner is idle (and an optional training run has ended), then saves the
+// window as a PNG and quits.
+void take_screenshot(moetune::gui::MainWindow& window, const QString& file, const QString& view,
+                     int train_steps) {
+  auto* session = window.session();
+  auto done = std::make_shared<bool>(false);
+  auto grab = [&window, file, view, done] {
+    if (*done) return;
+    *done = true;
+    window.showView(view);
+    QTimer::singleShot(300, &window, [&window, file] {
+      const bool ok = window.grab().save(file, "PNG");
+      if (!ok) std::fprintf(stderr, "moetune-gui: error: cannot write %s\n", qPrintable(file));
+      QApplication::exit(ok ? 0 : 1);
+    });
+  };
+  auto started = std::make_shared<bool>(false);
+  QObject::connect(session, &moetune::gui::PlannerSession::idle, &window,
+                   [&window, grab, train_steps, started] {
+                     if (train_steps <= 0) {
+                       grab();
+                       return;
+                     }
+                     if (*started) return;
+                     *started = true;
+                     auto* launch = window.launchPanel();
+                     launch->setSteps(train_steps);
+                     QObject::connect(launch, &moetune::gui::LaunchPanel::runFinished, &window,
+                                      [grab](int) { QTimer::singleShot(500, grab); });
+                     window.showView(QStringLiteral("launch"));
+                     launch->start();
+                   });
+  QObject::connect(&window, &moetune::gui::MainWindow::errorShown, &window,
+                   [](const QString& message) {
+                     std::fprintf(stderr, "moetune-gui: error: %s\n", qPrintable(message));
+                     // Queued: the error may come before the event loop runs.
+                     QTimer::singleShot(0, [] { QApplication::exit(2); });
+                   });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  QApplication app(argc, argv);
+  QApplication::setApplicationName(QStringLiteral("moetune-gui"));
+  QApplication::setApplicationVersion(QStringLiteral("0.1.0"));
+  QCommandLineParser parser;
+  parser.setApplicationDescription(
+      QStringLiteral("Choose expert-parallel, shard and tensor degrees for MoE training and "
+                     "launch it."));
+  parser.addHelpOption();
+  parser.addVersionOption();
+  const QCommandLineOption plan(QStringLiteral("plan"), "open this plan.json", "FILE");
+  const QCommandLineOption model(QStringLiteral("model"), "model preset or config.json", "SPEC");
+  const QCommandLineOption cluster(QStringLiteral("cluster"), "cluster preset or JSON", "SPEC");
+  const QCommandLineOption nodes(QStringLiteral("nodes"), "number of nodes", "N");
+  const QCommandLineOption devices(QStringLiteral("devices-per-node"), "devices per node", "N");
+  const QCommandLineOption seq(QStringLiteral("seq"), "sequence length", "N");
+  const QCommandLineOption batch(QStringLiteral("global-batch"), "sequences per optimizer step",
+                                 "N");
+  const QCommandLineOption screenshot(QStringLiteral("screenshot"),
+                                      "render the window to this PNG and quit", "FILE");
+  const QCommandLineOption view(
+      QStringLiteral("view"),
+      "tab for --screenshot: " + moetune::gui::MainWindow::viewNames().join(", "), "NAME",
+      QStringLiteral("layouts"));
+  const QCommandLineOption train(QStringLiteral("train-steps"),
+                                 "with --screenshot: first train the selected plan this many "
+                                 "steps on the local launcher",
+                                 "N", QStringLiteral("0"));
+  parser.addOptions({plan, model, cluster, nodes, devices, seq, batch, screenshot, view, train});
+  parser.process(app);
+  if (!moetune::gui::MainWindow::viewNames().contains(parser.value(view))) {
+    std::fprintf(stderr, "moetune-gui: error: --view must be one of %s\n",
+                 qPrintable(moetune::gui::MainWindow::viewNames().join(", ")));
+    return 2;
+  }
+  auto number = [&parser](const QCommandLineOption& o, int& out) {
+    if (!parser.isSet(o)) return true;
+    bool ok = false;
+    out = parser.value(o).toInt(&ok);
+    if (!ok || out < 1) {
+      std::fprintf(stderr, "moetune-gui: error: --%s must be a whole number, at least 1\n",
+                   qPrintable(o.names().first()));
+      return false;
+    }
+    return true;
+  };
+  int n_nodes = 0, n_devices = 0, n_seq = 0, n_batch = 0;
+  const int train_steps = parser.value(train).toInt();
+  if (!number(nodes, n_nodes) || !number(devices, n_devices) || !number(seq, n_seq) ||
+      !number(batch, n_batch) || train_steps < 0) {
+    return 2;
+  }
+
+  moetune::gui::MainWindow window;
+  window.resize(1600, 1000);
+  auto* setup = window.setupPanel();
+  {
+    const QSignalBlocker block(setup);
+    if (parser.isSet(model)) setup->setModelSource(parser.value(model));
+    if (parser.isSet(cluster)) setup->setClusterSource(parser.value(cluster));
+    if (n_nodes > 0) setup->setNodes(n_nodes);
+    if (n_devices > 0) setup->setDevicesPerNode(n_devices);
+    if (n_seq > 0 || n_batch > 0)
+      setup->setSequence(n_seq > 0 ? n_seq : 2048, n_batch > 0 ? n_batch : 128);
+  }
+  if (parser.isSet(screenshot)) {
+    take_screenshot(window, parser.value(screenshot), parser.value(view), train_steps);
+  }
+  window.show();
+  if (parser.isSet(plan)) {
+    if (!window.openPlan(parser.value(plan)) && parser.isSet(screenshot)) return 2;
+  } else {
+    window.replan();
+  }
+  return QApplication::exec();
+}
