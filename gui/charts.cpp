@@ -6,6 +6,7 @@
 #include <QChart>
 #include <QChartView>
 #include <QLineSeries>
+#include <QLogValueAxis>
 #include <QScatterSeries>
 #include <QStackedBarSeries>
 #include <QVBoxLayout>
@@ -94,7 +95,8 @@ void MemoryChart::showMemory(const MemoryBreakdown& m, double capacity_bytes) {
   series->setBarWidth(0.45);
   chart_->addSeries(series);
   auto* categories = new QBarCategoryAxis;
-  categories->append(tr("busiest device"));
+  categories->append(tr("per device"));
+  categories->setLabelsVisible(false);  // the title says it: one bar, the busiest device
   chart_->addAxis(categories, Qt::AlignBottom);
   series->attachAxis(categories);
   auto* values = new QValueAxis;
@@ -165,7 +167,7 @@ void StepTimeChart::showTime(const TimeBreakdown& t) {
     set->setBorderColor(p.color.darker(130));
     series->append(set);
   }
-  auto* hidden = new QBarSet(tr("communication hidden behind compute"));
+  auto* hidden = new QBarSet(tr("hidden comm"));
   *hidden << 0.0 << hidden_s_ * scale;
   hidden->setColor(QColor(200, 200, 200));
   hidden->setBorderColor(QColor(120, 120, 120));
@@ -173,7 +175,7 @@ void StepTimeChart::showTime(const TimeBreakdown& t) {
   series->setBarWidth(0.6);
   chart_->addSeries(series);
   auto* categories = new QBarCategoryAxis;
-  categories->append({tr("step"), tr("hidden comm")});
+  categories->append({tr("step"), tr("hidden")});
   chart_->addAxis(categories, Qt::AlignBottom);
   series->attachAxis(categories);
   auto* values = new QValueAxis;
@@ -182,7 +184,17 @@ void StepTimeChart::showTime(const TimeBreakdown& t) {
   values->applyNiceNumbers();
   chart_->addAxis(values, Qt::AlignLeft);
   series->attachAxis(values);
-  chart_->setTitle(tr("Step time: %1 %2").arg(t.step * scale, 0, 'f', scale > 1 ? 1 : 3).arg(unit));
+  double sum = 0;
+  for (const auto& seg : segments_)
+    sum += seg.second;
+  // The simulator's phases need not add up to its step exactly; say so rather than hide it.
+  const int digits = scale > 1 ? 1 : 3;
+  chart_->setTitle(std::abs(sum - t.step) > 0.005 * t.step
+                       ? tr("Step time: %1 %2 (phases add up to %3 %2)")
+                             .arg(t.step * scale, 0, 'f', digits)
+                             .arg(unit)
+                             .arg(sum * scale, 0, 'f', digits)
+                       : tr("Step time: %1 %2").arg(t.step * scale, 0, 'f', digits).arg(unit));
 }
 
 ParetoChart::ParetoChart(QWidget* parent)
@@ -193,7 +205,7 @@ ParetoChart::ParetoChart(QWidget* parent)
       front_(new QLineSeries),
       capacity_(new QLineSeries),
       selected_(new QScatterSeries),
-      x_(new QValueAxis),
+      x_(new QLogValueAxis),
       y_(new QValueAxis) {
   make_view(this, chart_);
   fits_->setName(tr("fits"));
@@ -218,7 +230,10 @@ ParetoChart::ParetoChart(QWidget* parent)
   selected_->setMarkerSize(14);
   selected_->setColor(QColor(255, 215, 0));
   selected_->setBorderColor(Qt::black);
-  x_->setTitleText(tr("peak memory per device (GiB)"));
+  x_->setTitleText(tr("peak memory per device (GiB, log scale)"));
+  x_->setBase(2);
+  x_->setLabelFormat(QStringLiteral("%g"));
+  y_->setLabelFormat(QStringLiteral("%.0f"));
   y_->setTitleText(tr("tokens/s"));
   chart_->addAxis(x_, Qt::AlignBottom);
   chart_->addAxis(y_, Qt::AlignLeft);
@@ -247,11 +262,12 @@ void ParetoChart::setCandidates(const std::vector<planner::Candidate>& candidate
     if (i % stride == 0 || candidates[i].pareto) plotted_.push_back(candidates[i]);
   }
   QList<QPointF> fit_points, other_points, front_points;
-  double max_x = capacity_bytes / kGiB, max_y = 0;
+  double min_x = capacity_bytes / kGiB, max_x = capacity_bytes / kGiB, max_y = 0;
   for (const auto& c : plotted_) {
     const QPointF p(c.peak_memory_bytes / kGiB, c.tokens_per_s);
     (c.fits ? fit_points : other_points).append(p);
     if (c.pareto) front_points.append(p);
+    min_x = std::min(min_x, p.x());
     max_x = std::max(max_x, p.x());
     max_y = std::max(max_y, p.y());
   }
@@ -263,11 +279,12 @@ void ParetoChart::setCandidates(const std::vector<planner::Candidate>& candidate
   capacity_->replace(
       {QPointF(capacity_bytes / kGiB, 0), QPointF(capacity_bytes / kGiB, max_y * 1.05)});
   selected_->clear();
-  x_->setRange(0, std::max(1.0, max_x * 1.05));
+  min_x = std::max(min_x, 1e-3);
+  x_->setRange(std::exp2(std::floor(std::log2(min_x))),
+               std::exp2(std::ceil(std::log2(max_x * 1.05))));
   y_->setRange(0, std::max(1.0, max_y * 1.08));
-  x_->applyNiceNumbers();
   y_->applyNiceNumbers();
-  x_span_ = std::max(1.0, x_->max() - x_->min());
+  x_log_span_ = std::max(1e-9, std::log2(x_->max() / x_->min()));
   y_span_ = std::max(1.0, y_->max() - y_->min());
   chart_->setTitle(stride > 1 ? tr("Throughput vs memory (every %1th of %2 layouts, and the whole "
                                    "Pareto front)")
@@ -287,7 +304,9 @@ void ParetoChart::clickAt(double memory_GiB, double tokens_per_s) {
   const planner::Candidate* best = nullptr;
   double best_d = std::numeric_limits<double>::infinity();
   for (const auto& c : plotted_) {
-    const double dx = (c.peak_memory_bytes / kGiB - memory_GiB) / x_span_;
+    const double dx =
+        std::log2(std::max(c.peak_memory_bytes / kGiB, 1e-9) / std::max(memory_GiB, 1e-9)) /
+        x_log_span_;
     const double dy = (c.tokens_per_s - tokens_per_s) / y_span_;
     const double d = dx * dx + dy * dy;
     if (d < best_d) {
@@ -368,6 +387,7 @@ void SeriesChart::rescale() {
   const double pad = std::max(1e-9, (max_y - min_y) * 0.1);
   x_->setRange(0, max_x);
   y_->setRange(std::max(0.0, min_y - pad), max_y + pad);
+  y_->applyNiceNumbers();
   x_->setTickCount(std::min<int>(11, static_cast<int>(max_x) + 1));
 }
 

@@ -17,6 +17,7 @@ QT_BEGIN_NAMESPACE
 class QChart;
 class QChartView;
 class QLineSeries;
+class QLogValueAxis;
 class QScatterSeries;
 class QValueAxis;
 QT_END_NAMESPACE
@@ -83,10 +84,10 @@ class ParetoChart : public QWidget {
   QLineSeries* front_;
   QLineSeries* capacity_;
   QScatterSeries* selected_;
-  QValueAxis* x_;
+  QLogValueAxis* x_;  // memory spans decades: a log scale keeps the fitting ones readable
   QValueAxis* y_;
   std::vector<planner::Candidate> plotted_;
-  double x_span_ = 1, y_span_ = 1;
+  double x_log_span_ = 1, y_span_ = 1;
 };
 
 // A measured series against steps, with an optional predicted value as a dashed line.

@@ -100,7 +100,9 @@ void HeatMap::paintEvent(QPaintEvent*) {
                  .arg(grid_.tp)
                  .arg(grid_.pp)
                  .arg(grid_.vpp > 1 ? QStringLiteral("x%1").arg(grid_.vpp) : QString()));
-  p.setFont(font());
+  QFont cell_font = font();
+  cell_font.setPointSizeF(font().pointSizeF() * 1.2);
+  p.setFont(cell_font);
   if (grid_.eps.empty()) {
     p.drawText(rect(), Qt::AlignCenter, tr("No valid layouts"));
     return;
@@ -113,6 +115,7 @@ void HeatMap::paintEvent(QPaintEvent*) {
   }
   const QRectF g = gridRect();
   for (std::size_t r = 0; r < grid_.eps.size(); ++r) {
+    p.setPen(palette().text().color());
     p.drawText(QRectF(0, cellRect(r, 0).top(), g.left() - 8, cellRect(r, 0).height()),
                Qt::AlignRight | Qt::AlignVCenter, QStringLiteral("ep %1").arg(grid_.eps[r]));
     for (std::size_t col = 0; col < grid_.hss.size(); ++col) {
@@ -145,6 +148,7 @@ void HeatMap::paintEvent(QPaintEvent*) {
     }
   }
   p.setPen(palette().text().color());
+  p.setFont(font());
   for (std::size_t col = 0; col < grid_.hss.size(); ++col) {
     const QRectF c = cellRect(grid_.eps.size() - 1, col);
     p.drawText(QRectF(c.left(), g.bottom() + 4, c.width(), 20), Qt::AlignCenter,

@@ -21,6 +21,7 @@
 #include <QVBoxLayout>
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/error.hpp"
 #include "core/json_reader.hpp"
@@ -43,6 +44,11 @@ QString shell_quote(const QString& s) {
   for (QChar c : s)
     out += c == QLatin1Char('\'') ? QStringLiteral("'\\''") : QString(c);
   return out + QLatin1Char('\'');
+}
+
+// Thousands without decimals, small figures with four significant digits.
+QString figure(double v) {
+  return std::abs(v) >= 1000 ? QString::number(v, 'f', 0) : QString::number(v, 'g', 4);
 }
 
 double median(std::vector<double> v) {
@@ -133,7 +139,8 @@ LaunchPanel::LaunchPanel(QWidget* parent)
 
   auto* left = new QVBoxLayout;
   left->addWidget(settings);
-  auto* compare_box = new QGroupBox(tr("Predicted vs measured (per step)"), this);
+  compare_box_ = new QGroupBox(tr("Predicted vs measured (per step)"), this);
+  auto* compare_box = compare_box_;
   auto* compare_layout = new QVBoxLayout(compare_box);
   compare_layout->addWidget(comparison_);
   left->addWidget(compare_box, 1);
@@ -379,7 +386,7 @@ void LaunchPanel::updateComparison() {
     std::vector<double> v;
     for (const StepRecord* s : settled)
       v.push_back(get(*s));
-    return QString::number(median(v), 'g', 4);
+    return figure(median(v));
   };
   auto add = [this](const QString& name, const QString& predicted, const QString& measured) {
     const int row = comparison_->rowCount();
@@ -388,11 +395,11 @@ void LaunchPanel::updateComparison() {
     comparison_->setItem(row, 1, new QTableWidgetItem(predicted));
     comparison_->setItem(row, 2, new QTableWidgetItem(measured));
   };
-  add(tr("step time (s)"), QString::number(p.step_time_s, 'g', 4),
+  add(tr("step time (s)"), figure(p.step_time_s),
       measured([](const StepRecord& s) { return s.step_time_s; }));
-  add(tr("tokens/s"), QString::number(p.tokens_per_s, 'g', 4),
+  add(tr("tokens/s"), figure(p.tokens_per_s),
       measured([](const StepRecord& s) { return s.tokens_per_s; }));
-  add(tr("peak memory (GiB)"), QString::number(p.peak_memory_bytes / kGiB, 'g', 4),
+  add(tr("peak memory (GiB)"), figure(p.peak_memory_bytes / kGiB),
       measured([](const StepRecord& s) { return s.peak_memory_bytes / kGiB; }));
   std::vector<std::string> names;
   for (const StepRecord* s : settled) {
@@ -403,19 +410,18 @@ void LaunchPanel::updateComparison() {
   for (const std::string& name : names) {
     const auto predicted = predicted_phase(p.time, name);
     add(tr("%1 (s)").arg(QString::fromStdString(name)),
-        predicted ? QString::number(*predicted, 'g', 4) : QStringLiteral("—"),
+        predicted ? figure(*predicted) : QStringLiteral("—"),
         measured([&name](const StepRecord& s) {
           const auto it = s.phases_s.find(name);
           return it == s.phases_s.end() ? 0.0 : it->second;
         }));
   }
-  if (settled.size() > 0) {
-    comparison_->setHorizontalHeaderLabels(
-        {tr("quantity"), tr("predicted"),
-         settled.size() == steps_.size()
-             ? tr("measured (step 1)")
-             : tr("measured (median of steps 2–%1)").arg(steps_.size())});
-  }
+  compare_box_->setTitle(settled.empty() ? tr("Predicted vs measured (per step)")
+                         : settled.size() == steps_.size()
+                             ? tr("Predicted vs measured (per step; measured: step 1)")
+                             : tr("Predicted vs measured (per step; measured: median "
+                                  "of steps 2–%1)")
+                                   .arg(steps_.size()));
 }
 
 void LaunchPanel::calibrate() {

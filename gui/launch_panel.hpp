@@ -14,6 +14,7 @@
 
 QT_BEGIN_NAMESPACE
 class QComboBox;
+class QGroupBox;
 class QLabel;
 class QLineEdit;
 class QPlainTextEdit;
@@ -86,6 +87,7 @@ class LaunchPanel : public QWidget {
   SeriesChart* loss_chart_;
   SeriesChart* rate_chart_;
   QTableWidget* comparison_;
+  QGroupBox* compare_box_ = nullptr;
   QTimer* poll_;
   QProcess* process_ = nullptr;
   QProcess* calibrate_process_ = nullptr;

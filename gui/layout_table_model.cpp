@@ -105,8 +105,8 @@ QVariant CandidateTableModel::headerData(int section, Qt::Orientation orientatio
   if (role != Qt::DisplayRole) return {};
   if (orientation == Qt::Vertical) return section + 1;
   static const char* const names[ColumnCount] = {
-      "#",       "tp",   "pp",      "ep",     "hs",       "rep",   "order",  "mb",    "recompute",
-      "offload", "fits", "mem GiB", "step s", "tokens/s", "MFU %", "$/Btok", "Pareto"};
+      "#",       "tp",   "pp",  "ep",     "hs",       "rep",   "order",  "mb",    "recomp",
+      "offload", "fits", "GiB", "step s", "tokens/s", "MFU %", "$/Btok", "Pareto"};
   return section >= 0 && section < ColumnCount ? QVariant(names[section]) : QVariant();
 }
 

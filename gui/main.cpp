@@ -23,7 +23,10 @@ void take_screenshot(moetune::gui::MainWindow& window, const QString& file, cons
     *done = true;
     window.showView(view);
     QTimer::singleShot(300, &window, [&window, file] {
-      const bool ok = window.grab().save(file, "PNG");
+      // Screenshots go into the docs: at most 256 colours and full compression keep them small.
+      const QImage image = window.grab().toImage().convertToFormat(
+          QImage::Format_Indexed8, Qt::ThresholdDither | Qt::PreferDither);
+      const bool ok = image.save(file, "PNG", 0);
       if (!ok) std::fprintf(stderr, "moetune-gui: error: cannot write %s\n", qPrintable(file));
       QApplication::exit(ok ? 0 : 1);
     });

@@ -109,8 +109,8 @@ MainWindow::MainWindow(QWidget* parent)
   right_layout->addWidget(layout_box);
   right_layout->addWidget(prediction_box);
   right_layout->addStretch(1);
-  right->setFixedWidth(330);
-  setup_box->setFixedWidth(320);
+  right->setFixedWidth(290);
+  setup_box->setFixedWidth(300);
 
   tabs_->addTab(buildLayoutsTab(), tr("Layouts"));
   tabs_->addTab(pareto_, tr("Throughput vs memory"));
@@ -121,6 +121,10 @@ MainWindow::MainWindow(QWidget* parent)
   rejected_caption_->setWordWrap(true);
   rejected_layout->addWidget(rejected_caption_);
   auto* rejected_table = make_table(rejected_page, rejected_proxy_);
+  for (int c = 0; c < RejectedTableModel::Rule; ++c)
+    rejected_table->setColumnWidth(c, 44);
+  rejected_table->setColumnWidth(RejectedTableModel::Rule, 140);
+  rejected_table->sortByColumn(RejectedTableModel::Rule, Qt::AscendingOrder);
   rejected_table->horizontalHeader()->setStretchLastSection(true);
   rejected_layout->addWidget(rejected_table);
   tabs_->addTab(rejected_page, tr("Rejected"));
@@ -187,9 +191,20 @@ QWidget* MainWindow::buildLayoutsTab() {
   table_ = make_table(page, proxy_);
   table_->setObjectName(QStringLiteral("layoutTable"));
   table_->sortByColumn(CandidateTableModel::Rank, Qt::AscendingOrder);
-  table_->horizontalHeader()->setSectionResizeMode(QHeaderView::ResizeToContents);
-  table_->horizontalHeader()->setSectionResizeMode(CandidateTableModel::Order,
-                                                   QHeaderView::Stretch);
+  // Fixed starting widths: sizing to contents would measure every one of thousands of rows.
+  static const std::pair<int, int> widths[] = {
+      {CandidateTableModel::Rank, 44},      {CandidateTableModel::Tp, 34},
+      {CandidateTableModel::Pp, 40},        {CandidateTableModel::Ep, 34},
+      {CandidateTableModel::Hs, 38},        {CandidateTableModel::Rep, 38},
+      {CandidateTableModel::Order, 118},    {CandidateTableModel::MicroBatch, 36},
+      {CandidateTableModel::Recompute, 66}, {CandidateTableModel::Offload, 54},
+      {CandidateTableModel::Fits, 36},      {CandidateTableModel::PeakMemory, 64},
+      {CandidateTableModel::StepTime, 62},  {CandidateTableModel::TokensPerS, 70},
+      {CandidateTableModel::Mfu, 52},       {CandidateTableModel::CostPerBtok, 58},
+      {CandidateTableModel::Pareto, 48}};
+  for (const auto& [column, width] : widths)
+    table_->setColumnWidth(column, width);
+  table_->horizontalHeader()->setStretchLastSection(true);
   auto* charts = new QSplitter(Qt::Horizontal, page);
   charts->addWidget(memory_chart_);
   charts->addWidget(time_chart_);

@@ -59,7 +59,7 @@ SetupPanel::SetupPanel(QWidget* parent)
       precision_(choice_combo(this, {"auto", "fp32", "bf16", "fp8"})),
       recompute_(choice_combo(this, {"search", "none", "full"})),
       optimizer_offload_(choice_combo(this, {"search", "off", "on"})),
-      activation_offload_(new QCheckBox(tr("offload saved activations"), this)),
+      activation_offload_(new QCheckBox(tr("offload activations"), this)),
       load_balancing_(choice_combo(this, {"aux_loss", "sinkhorn", "none"})),
       capacity_factor_(new QDoubleSpinBox(this)),
       dispatcher_(choice_combo(this, {"alltoall", "allgather"})),

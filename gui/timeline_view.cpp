@@ -65,7 +65,7 @@ void TimelineView::paintEvent(QPaintEvent*) {
   }
   const double left = 110, right = width() - 20.0, top = 48;
   const double row_h =
-      std::min(60.0, (height() - top - 110) / std::max<double>(1, streams_.size()));
+      std::min(150.0, (height() - top - 130) / std::max<double>(1, streams_.size()));
   const double scale = (right - left) / end_s_;
   const bool in_ms = end_s_ < 1.0;
   for (std::size_t r = 0; r < streams_.size(); ++r) {
@@ -112,17 +112,27 @@ void TimelineView::paintEvent(QPaintEvent*) {
   }
   // Legend.
   double x = left;
-  const double ly = axis_y + 30;
+  double ly = axis_y + 30;
   for (const auto& phase : phases_) {
-    p.fillRect(QRectF(x, ly, 14, 14), phase_color(phase));
     const QString name = QString::fromStdString(phase);
+    const double w = 30 + p.fontMetrics().horizontalAdvance(name);
+    if (x + w > right) {
+      x = left;
+      ly += 22;
+    }
+    p.fillRect(QRectF(x, ly, 14, 14), phase_color(phase));
     p.drawText(QPointF(x + 18, ly + 12), name);
-    x += 30 + p.fontMetrics().horizontalAdvance(name);
+    x += w;
+  }
+  const QString note = tr("backward (hatched); numbers are layers");
+  if (x + 40 + p.fontMetrics().horizontalAdvance(note) > right) {
+    x = left;
+    ly += 22;
   }
   const QRectF bwd(x + 10, ly, 14, 14);
   p.fillRect(bwd, QColor(120, 120, 120));
   p.fillRect(bwd, QBrush(QColor(255, 255, 255, 150), Qt::BDiagPattern));
-  p.drawText(QPointF(bwd.right() + 4, ly + 12), tr("backward (hatched); numbers are layers"));
+  p.drawText(QPointF(bwd.right() + 4, ly + 12), note);
 }
 
 }  // namespace moetune::gui

@@ -43,11 +43,11 @@ bool wait_idle(MainWindow& w) {
 }
 
 // Mixtral 8x7B on one 8-GPU node: a few hundred valid layouts, searched in well under a second.
-void plan_mixtral(MainWindow& w) {
+void plan_mixtral(MainWindow& w, int global_batch = 64) {
   w.setupPanel()->setModelSource(QStringLiteral("mixtral-8x7b"));
   w.setupPanel()->setClusterSource(QStringLiteral("p4d.24xlarge"));
   w.setupPanel()->setNodes(1);
-  w.setupPanel()->setSequence(2048, 64);
+  w.setupPanel()->setSequence(2048, global_batch);
   w.replan();
   QVERIFY(wait_idle(w));
   QVERIFY(w.session()->prediction().has_value());
@@ -387,8 +387,9 @@ void GuiTest::launchTinyTraining() {
   QTableWidget* table = launch->comparison();
   QVERIFY(table->rowCount() >= 3);
   QCOMPARE(table->item(1, 0)->text(), QStringLiteral("tokens/s"));
-  QCOMPARE(table->item(1, 1)->text(),
-           QString::number(w.session()->prediction()->plan.prediction->tokens_per_s, 'g', 4));
+  // Shown without decimals above a thousand, else to four digits.
+  const double predicted = w.session()->prediction()->plan.prediction->tokens_per_s;
+  QVERIFY(std::abs(table->item(1, 1)->text().toDouble() - predicted) <= 5e-4 * predicted + 0.5);
   QVERIFY(table->item(1, 2)->text().toDouble() > 0);
 
   // Calibrate: refits and re-ranks where `moetune calibrate` exists, else says plainly why not.
@@ -454,7 +455,9 @@ void GuiTest::modelsPassTester() {
   QAbstractItemModelTester proxy(w.candidateProxy(), mode);
   QAbstractItemModelTester rejected(w.rejectedModel(), mode);
   w.show();
-  plan_mixtral(w);
+  // The testers re-check every row on each change: a small batch keeps the table short.
+  plan_mixtral(w, 8);
+  QVERIFY(w.candidateModel()->rowCount() > 20);
   // Sorting, filtering and a new search, each watched by the testers.
   w.table()->sortByColumn(CandidateTableModel::PeakMemory, Qt::DescendingOrder);
   w.candidateProxy()->setWords(QStringLiteral("ep2"));  // not rep2
@@ -465,7 +468,7 @@ void GuiTest::modelsPassTester() {
   }
   w.candidateProxy()->setParetoOnly(true);
   w.candidateProxy()->setWords(QString());
-  w.setupPanel()->setNodes(2);
+  w.setupPanel()->setSequence(4096, 16);
   w.replan();
   QVERIFY(wait_idle(w));
   QVERIFY(w.rejectedModel()->rowCount() > 0);
