@@ -156,7 +156,10 @@ void StepTimeChart::showTime(const TimeBreakdown& t) {
                {tr("offload"), t.offload, QColor(148, 103, 189)},
                {tr("pipeline bubble"), t.pipeline, QColor(127, 127, 127)}};
   hidden_s_ = t.overlapped_comm;
-  const auto [scale, unit] = time_unit(std::max(t.step, hidden_s_));
+  double parts_sum = 0;
+  for (const auto& p : parts)
+    parts_sum += std::max(0.0, p.seconds);
+  const auto [scale, unit] = time_unit(std::max({t.step, hidden_s_, parts_sum}));
   auto* series = new QStackedBarSeries;
   for (const auto& p : parts) {
     if (p.seconds <= 0) continue;
@@ -180,13 +183,14 @@ void StepTimeChart::showTime(const TimeBreakdown& t) {
   series->attachAxis(categories);
   auto* values = new QValueAxis;
   values->setTitleText(unit);
-  values->setRange(0, std::max(t.step, hidden_s_) * scale * 1.08);
+  double drawn = 0;
+  for (const auto& seg : segments_)
+    drawn += seg.second;
+  values->setRange(0, std::max({t.step, hidden_s_, drawn}) * scale * 1.08);
   values->applyNiceNumbers();
   chart_->addAxis(values, Qt::AlignLeft);
   series->attachAxis(values);
-  double sum = 0;
-  for (const auto& seg : segments_)
-    sum += seg.second;
+  const double sum = drawn;
   // The simulator's phases need not add up to its step exactly; say so rather than hide it.
   const int digits = scale > 1 ? 1 : 3;
   chart_->setTitle(std::abs(sum - t.step) > 0.005 * t.step

@@ -284,6 +284,7 @@ void LaunchPanel::start() {
   log_->clear();
   updateComparison();
 
+  if (process_ != nullptr) process_->deleteLater();  // the previous run's, long finished
   process_ = new QProcess(this);
   process_->setProgram(cli);
   process_->setArguments(launchArguments(plan_path));

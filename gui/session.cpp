@@ -51,14 +51,13 @@ PlannerSession::~PlannerSession() {
 }
 
 bool PlannerSession::busy() const {
-  return search_watcher_.isRunning() || prediction_watcher_.isRunning() || search_pending_ ||
-         prediction_pending_;
+  return search_running_ || prediction_running_ || search_pending_ || prediction_pending_;
 }
 
 void PlannerSession::setSetup(const Setup& setup, std::optional<Layout> preferred) {
   setup_ = setup;
   preferred_ = preferred;
-  if (search_watcher_.isRunning()) {
+  if (search_running_) {
     search_pending_ = true;  // started when the running one ends; its result is dropped
     return;
   }
@@ -67,11 +66,13 @@ void PlannerSession::setSetup(const Setup& setup, std::optional<Layout> preferre
 
 void PlannerSession::startSearch() {
   search_pending_ = false;
+  search_running_ = true;
   emit searchStarted();
   search_watcher_.setFuture(QtConcurrent::run(run_search, *setup_));
 }
 
 void PlannerSession::onSearchDone() {
+  search_running_ = false;
   if (search_pending_) {
     startSearch();
     return;
@@ -108,10 +109,10 @@ void PlannerSession::onSearchDone() {
 
 void PlannerSession::selectLayout(const Layout& layout) {
   if (!setup_) return;
-  if (layout_ && *layout_ == layout && (prediction_ || prediction_watcher_.isRunning())) return;
+  if (layout_ && *layout_ == layout && (prediction_ || prediction_running_)) return;
   layout_ = layout;
   emit layoutSelected(layout);
-  if (prediction_watcher_.isRunning()) {
+  if (prediction_running_) {
     prediction_pending_ = true;
     return;
   }
@@ -120,11 +121,13 @@ void PlannerSession::selectLayout(const Layout& layout) {
 
 void PlannerSession::startPrediction() {
   prediction_pending_ = false;
+  prediction_running_ = true;
   prediction_watcher_.setFuture(QtConcurrent::run(run_prediction, *setup_, *layout_));
 }
 
 void PlannerSession::onPredictionDone() {
-  if (prediction_pending_ || search_watcher_.isRunning()) {
+  prediction_running_ = false;
+  if (prediction_pending_ || search_running_) {
     if (prediction_pending_ && layout_) startPrediction();
     if (!busy()) emit idle();
     return;

@@ -82,6 +82,10 @@ class PlannerSession : public QObject {
   SearchOutcome search_;
   std::optional<Layout> layout_;
   std::optional<PredictionOutcome> prediction_;
+  // In flight from start until its finished signal is handled. (A future may already be done
+  // while its signal is still queued, so the watchers' isRunning() cannot say this.)
+  bool search_running_ = false;
+  bool prediction_running_ = false;
   bool search_pending_ = false;      // a newer setup arrived while a search ran
   bool prediction_pending_ = false;  // a newer layout arrived while a prediction ran
   QFutureWatcher<SearchOutcome> search_watcher_;

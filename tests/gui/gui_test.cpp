@@ -63,6 +63,19 @@ Setup mixtral_setup() {
   return s;
 }
 
+// The tiny model on this CPU, one rank: what `scripts/run-main` trains.
+void plan_tiny(MainWindow& w) {
+  SetupPanel* setup = w.setupPanel();
+  setup->setModelSource(QStringLiteral("tiny"));
+  setup->setClusterSource(QStringLiteral("cpu-local"));
+  setup->setNodes(1);
+  setup->setDevicesPerNode(1);
+  setup->setSequence(64, 8);
+  w.replan();
+  QVERIFY(wait_idle(w));
+  QVERIFY(w.session()->hasLayout());
+}
+
 bool moetune_has_calibrate() {
   QProcess p;
   p.start(QStringLiteral(MOETUNE_BINARY), {QStringLiteral("--help")});
@@ -85,6 +98,8 @@ class GuiTest : public QObject {
   void chartsSelectLayouts();
   void planRoundTrip();
   void launchTinyTraining();
+  void stopEndsRun();
+  void calibrateReloadsCluster();
   void malformedConfigShowsError();
   void modelsPassTester();
 };
@@ -357,15 +372,8 @@ void GuiTest::launchTinyTraining() {
   QVERIFY(dir.isValid());
   MainWindow w;
   w.show();
+  plan_tiny(w);
   SetupPanel* setup = w.setupPanel();
-  setup->setModelSource(QStringLiteral("tiny"));
-  setup->setClusterSource(QStringLiteral("cpu-local"));
-  setup->setNodes(1);
-  setup->setDevicesPerNode(1);
-  setup->setSequence(64, 8);
-  w.replan();
-  QVERIFY(wait_idle(w));
-  QVERIFY(w.session()->hasLayout());
   LaunchPanel* launch = w.launchPanel();
   launch->setRunDir(dir.filePath(QStringLiteral("run")));
   launch->setSteps(3);
@@ -408,6 +416,80 @@ void GuiTest::launchTinyTraining() {
     QVERIFY2(launch->statusText().contains(QStringLiteral("no `calibrate` subcommand")),
              qPrintable(launch->statusText()));
   }
+}
+
+void GuiTest::stopEndsRun() {
+  QTemporaryDir dir;
+  QVERIFY(dir.isValid());
+  MainWindow w;
+  w.show();
+  plan_tiny(w);
+  LaunchPanel* launch = w.launchPanel();
+  launch->setRunDir(dir.filePath(QStringLiteral("run")));
+  launch->setSteps(1000000);
+  QSignalSpy steps(launch, &LaunchPanel::stepMeasured);
+  QSignalSpy finished(launch, &LaunchPanel::runFinished);
+  launch->start();
+  QVERIFY2(steps.wait(kWaitMs), qPrintable(launch->statusText()));
+  launch->stop();
+  QVERIFY(finished.wait(kWaitMs));
+  QVERIFY(finished.first().first().toInt() != 0);
+  QVERIFY(!launch->running());
+  QVERIFY(launch->steps().size() < 1000000);
+}
+
+// The Calibrate button's whole path, through a stand-in for a `moetune` that has `calibrate`:
+// it lists the subcommand in --help and writes the base cluster with gemm_efficiency halved. The
+// GUI must pass the run and the run's cluster, load the written cluster and re-rank with it.
+void GuiTest::calibrateReloadsCluster() {
+  QTemporaryDir dir;
+  QVERIFY(dir.isValid());
+  MainWindow w;
+  w.show();
+  plan_tiny(w);
+  LaunchPanel* launch = w.launchPanel();
+  launch->setRunDir(dir.filePath(QStringLiteral("run")));
+  launch->setSteps(2);
+  QSignalSpy finished(launch, &LaunchPanel::runFinished);
+  launch->start();
+  QVERIFY(finished.wait(kWaitMs));
+  QCOMPARE(finished.first().first().toInt(), 0);
+  const double efficiency = w.session()->setup().cluster.device.gemm_efficiency;
+  const double tokens_per_s = w.session()->prediction()->plan.prediction->tokens_per_s;
+
+  const QString fake = dir.filePath(QStringLiteral("moetune"));
+  QFile script(fake);
+  QVERIFY(script.open(QIODevice::WriteOnly));
+  script.write(R"(#!/bin/sh
+if [ "$1" = "--help" ]; then printf 'Subcommands:\n  calibrate  refit a cluster\n'; exit 0; fi
+[ "$1" = calibrate ] || exit 3
+shift
+while [ $# -gt 0 ]; do
+  case "$1" in --runs) runs=$2 ;; --base) base=$2 ;; --out) out=$2 ;; *) exit 4 ;; esac
+  shift 2
+done
+[ -s "$runs" ] && [ -s "$base" ] && [ -n "$out" ] || exit 5
+python3 - "$base" "$out" <<'PY'
+import json, sys
+cluster = json.load(open(sys.argv[1]))
+cluster["device"]["gemm_efficiency"] /= 2
+json.dump(cluster, open(sys.argv[2], "w"), indent=2)
+PY
+)");
+  script.close();
+  QVERIFY(script.setPermissions(QFile::ReadOwner | QFile::WriteOwner | QFile::ExeOwner));
+  const QByteArray cli = qgetenv("MOETUNE_CLI");
+  qputenv("MOETUNE_CLI", fake.toLocal8Bit());
+  QSignalSpy calibrated(launch, &LaunchPanel::calibrated);
+  launch->calibrate();
+  const bool ok = calibrated.wait(kWaitMs);
+  qputenv("MOETUNE_CLI", cli);
+  QVERIFY2(ok, qPrintable(launch->statusText()));
+  const QString out = calibrated.first().first().toString();
+  QCOMPARE(w.setupPanel()->clusterSource(), out);
+  QVERIFY(wait_idle(w));
+  QCOMPARE(w.session()->setup().cluster.device.gemm_efficiency, efficiency / 2);
+  QVERIFY(w.session()->prediction()->plan.prediction->tokens_per_s < tokens_per_s);
 }
 
 void GuiTest::malformedConfigShowsError() {
