@@ -109,6 +109,10 @@ void PredictionSummary::clear() {
   label_->setText(tr("<i>No layout selected.</i>"));
 }
 
+void PredictionSummary::showMessage(const QString& text) {
+  label_->setText(QStringLiteral("<i>%1</i>").arg(text.toHtmlEscaped()));
+}
+
 void PredictionSummary::showPending() {
   label_->setText(label_->text() + tr("<br><i>updating…</i>"));
 }

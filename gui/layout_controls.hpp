@@ -49,6 +49,7 @@ class PredictionSummary : public QWidget {
   void showPrediction(const Plan& plan);
   void showPending();
   void clear();
+  void showMessage(const QString& text);
   QString text() const;
 
  private:

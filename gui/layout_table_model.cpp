@@ -101,6 +101,43 @@ QVariant CandidateTableModel::data(const QModelIndex& index, int role) const {
   }
 }
 
+std::optional<double> CandidateTableModel::sortKey(int row, int column) const {
+  const planner::Candidate& c = candidates_[static_cast<std::size_t>(row)];
+  const Layout& l = c.layout;
+  switch (column) {
+    case Rank:
+      return row;
+    case Tp:
+      return static_cast<double>(l.tp);
+    case Pp:
+      return static_cast<double>(l.pp * 1000 + l.vpp);
+    case Ep:
+      return static_cast<double>(l.ep);
+    case Hs:
+      return static_cast<double>(l.hs);
+    case Rep:
+      return static_cast<double>(l.rep);
+    case MicroBatch:
+      return static_cast<double>(l.micro_batch);
+    case Fits:
+      return c.fits ? 1 : 0;
+    case PeakMemory:
+      return c.peak_memory_bytes;
+    case StepTime:
+      return c.step_time_s;
+    case TokensPerS:
+      return c.tokens_per_s;
+    case Mfu:
+      return c.mfu;
+    case CostPerBtok:
+      return c.cost_per_billion_tokens_usd;
+    case Pareto:
+      return c.pareto ? 1 : 0;
+    default:
+      return std::nullopt;
+  }
+}
+
 QVariant CandidateTableModel::headerData(int section, Qt::Orientation orientation, int role) const {
   if (role != Qt::DisplayRole) return {};
   if (orientation == Qt::Vertical) return section + 1;
@@ -151,6 +188,16 @@ bool LayoutFilterProxy::filterAcceptsRow(int source_row, const QModelIndex& sour
     if (!hit) return false;
   }
   return true;
+}
+
+bool LayoutFilterProxy::lessThan(const QModelIndex& left, const QModelIndex& right) const {
+  const auto* model = qobject_cast<const CandidateTableModel*>(sourceModel());
+  if (model != nullptr && left.column() == right.column()) {
+    const auto a = model->sortKey(left.row(), left.column());
+    const auto b = model->sortKey(right.row(), right.column());
+    if (a && b) return *a < *b;
+  }
+  return QSortFilterProxyModel::lessThan(left, right);
 }
 
 RejectedTableModel::RejectedTableModel(QObject* parent) : QAbstractTableModel(parent) {}

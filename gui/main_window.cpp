@@ -346,7 +346,7 @@ void MainWindow::onSearchFinished() {
          "choice of its degrees). Sort by rule or read the reason.")
           .arg(r.rejected.size()));
   if (r.ranked.empty()) {
-    summary_->clear();
+    summary_->showMessage(tr("No layout passes the rules: the Rejected tab says why for each."));
     memory_chart_->clear();
     time_chart_->clear();
     timeline_->setOps({});
