@@ -4,13 +4,68 @@
 #include <QCommandLineParser>
 #include <QTimer>
 
+#include <QHash>
+#include <QImage>
+
+#include <algorithm>
 #include <cstdio>
+#include <vector>
 
 #include "gui/launch_panel.hpp"
 #include "gui/main_window.hpp"
 #include "gui/setup_panel.hpp"
 
 namespace {
+
+// Screenshots go into the docs: 256 colours and full compression keep them small. The palette is
+// the image's 256 most frequent colours (the UI's own, exactly); the rest, mostly antialiased
+// edges, take the nearest of them. Qt's own conversion snaps to a fixed colour cube instead, which
+// turns pale fills grey.
+QImage to_palette(const QImage& shot) {
+  const QImage rgb = shot.convertToFormat(QImage::Format_RGB32);
+  QHash<QRgb, qint64> counts;
+  for (int y = 0; y < rgb.height(); ++y) {
+    const auto* line = reinterpret_cast<const QRgb*>(rgb.constScanLine(y));
+    for (int x = 0; x < rgb.width(); ++x)
+      ++counts[line[x]];
+  }
+  std::vector<std::pair<qint64, QRgb>> by_count;
+  by_count.reserve(static_cast<std::size_t>(counts.size()));
+  for (auto it = counts.cbegin(); it != counts.cend(); ++it)
+    by_count.emplace_back(it.value(), it.key());
+  std::sort(by_count.begin(), by_count.end(), std::greater<>());
+  QList<QRgb> table;
+  for (std::size_t i = 0; i < std::min<std::size_t>(256, by_count.size()); ++i) {
+    table.append(by_count[i].second);
+  }
+  QHash<QRgb, uchar> index;
+  auto nearest = [&table](QRgb c) {
+    int best = 0;
+    long best_d = -1;
+    for (int i = 0; i < static_cast<int>(table.size()); ++i) {
+      const long dr = qRed(c) - qRed(table[i]), dg = qGreen(c) - qGreen(table[i]),
+                 db = qBlue(c) - qBlue(table[i]);
+      const long d = dr * dr + dg * dg + db * db;
+      if (best_d < 0 || d < best_d) {
+        best_d = d;
+        best = i;
+      }
+    }
+    return static_cast<uchar>(best);
+  };
+  QImage out(rgb.size(), QImage::Format_Indexed8);
+  out.setColorTable(table);
+  for (int y = 0; y < rgb.height(); ++y) {
+    const auto* line = reinterpret_cast<const QRgb*>(rgb.constScanLine(y));
+    uchar* dst = out.scanLine(y);
+    for (int x = 0; x < rgb.width(); ++x) {
+      auto it = index.constFind(line[x]);
+      if (it == index.cend()) it = index.insert(line[x], nearest(line[x]));
+      dst[x] = it.value();
+    }
+  }
+  return out;
+}
 
 // Waits until the planner is idle (and an optional training run has ended), then saves the
 // window as a PNG and quits.
@@ -23,10 +78,7 @@ void take_screenshot(moetune::gui::MainWindow& window, const QString& file, cons
     *done = true;
     window.showView(view);
     QTimer::singleShot(300, &window, [&window, file] {
-      // Screenshots go into the docs: at most 256 colours and full compression keep them small.
-      const QImage image = window.grab().toImage().convertToFormat(
-          QImage::Format_Indexed8, Qt::ThresholdDither | Qt::PreferDither);
-      const bool ok = image.save(file, "PNG", 0);
+      const bool ok = to_palette(window.grab().toImage()).save(file, "PNG", 0);
       if (!ok) std::fprintf(stderr, "moetune-gui: error: cannot write %s\n", qPrintable(file));
       QApplication::exit(ok ? 0 : 1);
     });
