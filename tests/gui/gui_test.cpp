@@ -3,8 +3,11 @@
 // invalid values cannot be entered; a tiny CPU training runs from the launch panel; a malformed
 // config.json shows an error dialog; every custom model passes QAbstractItemModelTester.
 #include <QAbstractItemModelTester>
+#include <QAction>
+#include <QClipboard>
 #include <QComboBox>
 #include <QMessageBox>
+#include <QPlainTextEdit>
 #include <QProcess>
 #include <QSignalSpy>
 #include <QTableView>
@@ -26,6 +29,7 @@
 #include "gui/main_window.hpp"
 #include "gui/setup_panel.hpp"
 #include "gui/timeline_view.hpp"
+#include "planner/export.hpp"
 #include "simulator/simulator.hpp"
 
 using namespace moetune;
@@ -365,6 +369,28 @@ void GuiTest::planRoundTrip() {
   QVERIFY(command.contains(QStringLiteral(" launch --plan ")));
   QVERIFY(read_plan_file(dir.filePath(QStringLiteral("run/plan.json")).toStdString()).layout ==
           saved);
+
+  // The File menu's exports show what the planner library exports for this plan, and the launch
+  // command goes to the clipboard.
+  auto action = [&w](const QString& prefix) -> QAction* {
+    for (QAction* a : w.findChildren<QAction*>()) {
+      if (a->text().remove(QLatin1Char('&')).startsWith(prefix)) return a;
+    }
+    return nullptr;
+  };
+  QAction* megatron = action(QStringLiteral("Export Megatron"));
+  QVERIFY(megatron != nullptr);
+  megatron->trigger();
+  const QString expected = QString::fromStdString(planner::export_megatron(plan).text);
+  bool shown = false;
+  for (QPlainTextEdit* text : w.findChildren<QPlainTextEdit*>()) {
+    shown = shown || text->toPlainText() == expected;
+  }
+  QVERIFY2(shown, "the Megatron export dialog shows export_megatron's text");
+  QAction* copy = action(QStringLiteral("Copy launch command"));
+  QVERIFY(copy != nullptr);
+  copy->trigger();
+  QCOMPARE(QGuiApplication::clipboard()->text(), command);
 }
 
 void GuiTest::launchTinyTraining() {
@@ -542,6 +568,11 @@ void GuiTest::modelsPassTester() {
   QVERIFY(w.candidateModel()->rowCount() > 20);
   // Sorting, filtering and a new search, each watched by the testers.
   w.table()->sortByColumn(CandidateTableModel::PeakMemory, Qt::DescendingOrder);
+  QAbstractItemModel* shown = w.table()->model();
+  for (int i = 1; i < shown->rowCount(); ++i) {
+    QVERIFY(shown->index(i - 1, CandidateTableModel::PeakMemory).data(kSortRole).toDouble() >=
+            shown->index(i, CandidateTableModel::PeakMemory).data(kSortRole).toDouble());
+  }
   w.candidateProxy()->setWords(QStringLiteral("ep2"));  // not rep2
   QVERIFY(w.candidateProxy()->rowCount() > 0);
   for (int i = 0; i < w.candidateProxy()->rowCount(); ++i) {
