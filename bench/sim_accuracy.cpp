@@ -73,7 +73,7 @@ Outcome evaluate(const Json& e) {
   train.seq_len = e["seq_len"].get<std::int64_t>();
   train.global_batch = e["global_batch"].get<std::int64_t>();
   train.precision = parse_precision(e["precision"].get<std::string>());
-  if (e["forced_balanced_routing"] == true) train.moe.load_balancing = LoadBalancing::Sinkhorn;
+  train.moe.force_balanced = e["forced_balanced_routing"] == true;
   Layout l;
   l.tp = lj["tp"].get<std::int64_t>();
   l.pp = lj["pp"].get<std::int64_t>();
@@ -83,6 +83,14 @@ Outcome evaluate(const Json& e) {
   if (dp % l.ep != 0) {
     o.note = "ep=" + std::to_string(l.ep) + " wider than dp=" + std::to_string(dp) +
              " (Megatron folds experts over tp x dp; moetune's ep divides dp)";
+    return o;
+  }
+  if (l.tp > 1 && lj["expert_tp"] == 1) {
+    // Megatron's MoE parallel folding: attention split over tp while the experts stay whole
+    // (expert tp 1), the EP group carved from tp x dp ranks. moetune's tp splits the experts too
+    // and draws ep from dp, a different layout with other collectives and GEMM shapes.
+    o.note = "expert folding (tp=" + std::to_string(l.tp) +
+             " for attention, expert tp 1) is not modelled";
     return o;
   }
   // Megatron's distributed optimizer shards optimizer state, not parameters: plain replicas here

@@ -177,10 +177,10 @@ int main(int argc, char** argv) {
         std::string state = "n/a";
         double act_pred = a.memory.activations, act_meas = 0;
         if (m.memory) {
-          const bool exact =
-              a.memory.parameters + a.memory.gathered_parameters == m.memory->parameters_bytes &&
-              a.memory.gradients == m.memory->gradients_bytes &&
-              a.memory.optimizer == m.memory->optimizer_bytes;
+          const bool exact = a.memory.parameters == m.memory->parameters_bytes &&
+                             a.memory.gradients == m.memory->gradients_bytes &&
+                             a.memory.optimizer == m.memory->optimizer_bytes &&
+                             a.memory.gathered_parameters == m.memory->gathered_parameters_bytes;
           state = exact ? "exact" : "DIFF";
           act_meas = m.memory->activations_bytes;
         }

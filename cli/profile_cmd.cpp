@@ -154,6 +154,20 @@ double profile_attention() {
   return 4.0 * static_cast<double>(b * s * hq * dh) * keys / t;
 }
 
+// The fixed cost of one kernel call: an 8 x 8 x 8 sgemm and an RMSNorm of one 64-wide row, whose
+// arithmetic takes nanoseconds, averaged over many calls.
+double profile_kernel_overhead() {
+  std::vector<float> a(64, 0.5f), b(64, 0.25f), c(64), rstd(1), w(64, 1.0f);
+  constexpr int kCalls = 2000;
+  const double t = best_time([&] {
+    for (int i = 0; i < kCalls; ++i) {
+      k::gemm<float>(false, false, 8, 8, 8, 1.0f, a.data(), 8, b.data(), 8, 0.0f, c.data(), 8);
+      k::rmsnorm_forward<float>(c.data(), rstd.data(), a.data(), w.data(), 1, 64, 1e-5f);
+    }
+  });
+  return t / (2.0 * kCalls);
+}
+
 struct CollectivePoint {
   std::string kind;
   double bytes = 0;  // nccl-tests size convention
@@ -366,6 +380,12 @@ void run(const ProfileOptions& o) {
       fmt(": causal attention forward (s 256, 8 heads of 16) at %.1f GFLOP/s", attention / 1e9);
   std::printf("attention forward: %.1f GFLOP/s (efficiency %.2f)\n", attention / 1e9,
               d.attention_efficiency);
+
+  const double overhead = profile_kernel_overhead();
+  d.kernel_overhead_us = overhead * 1e6;
+  d.sources["kernel_overhead_us"] =
+      where + ": mean time of an 8x8x8 sgemm and a one-row RMSNorm, whose arithmetic is negligible";
+  std::printf("kernel overhead: %.2f us per call\n", d.kernel_overhead_us);
 
   if (!o.skip_collectives) {
     const std::vector<CollectivePoint> points = profile_collectives(o.ranks);

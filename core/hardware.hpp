@@ -28,9 +28,12 @@ struct HardwareProfile {
   double gemm_efficiency = 0;          // achievable fraction of peak for large GEMMs
   double attention_efficiency = 0;     // fraction of peak for fused attention
   double memory_bound_efficiency = 0;  // achievable fraction of memory bandwidth
-  double runtime_reserved_GiB = 0;     // context, library workspaces, communicator buffers
-  double fragmentation_fraction = 0;   // allocator slack, fraction of dynamic memory
-  bool flash_attention = true;         // attention never stores the s x s scores
+  // Fixed cost of every kernel (launch, ramp-up and tail, the host's per-op work when the device
+  // waits on it): what makes many small ops slower than their FLOPs and bytes say.
+  double kernel_overhead_us = 0;
+  double runtime_reserved_GiB = 0;    // context, library workspaces, communicator buffers
+  double fragmentation_fraction = 0;  // allocator slack, fraction of dynamic memory
+  bool flash_attention = true;        // attention never stores the s x s scores
   std::map<std::string, std::string> sources;
 
   bool operator==(const HardwareProfile&) const = default;

@@ -48,6 +48,7 @@ Json to_json(const StepRecord& s) {
     j["memory"] = {{"parameters_bytes", s.memory->parameters_bytes},
                    {"gradients_bytes", s.memory->gradients_bytes},
                    {"optimizer_bytes", s.memory->optimizer_bytes},
+                   {"gathered_parameters_bytes", s.memory->gathered_parameters_bytes},
                    {"activations_bytes", s.memory->activations_bytes}};
   }
   j["tokens_per_expert"] = s.tokens_per_expert;
@@ -112,6 +113,7 @@ StepRecord step_record_from_json(const Json& json, const std::string& origin) {
     mem.parameters_bytes = m.get_double("parameters_bytes", 0, 1e300);
     mem.gradients_bytes = m.get_double("gradients_bytes", 0, 1e300);
     mem.optimizer_bytes = m.get_double("optimizer_bytes", 0, 1e300);
+    mem.gathered_parameters_bytes = m.get_double("gathered_parameters_bytes", 0, 1e300);
     mem.activations_bytes = m.get_double("activations_bytes", 0, 1e300);
     m.finish();
     s.memory = mem;

@@ -40,6 +40,7 @@ struct StepMemory {
   double parameters_bytes = 0;
   double gradients_bytes = 0;
   double optimizer_bytes = 0;
+  double gathered_parameters_bytes = 0;  // hs > 1: the working copy of gathered layers
   double activations_bytes = 0;  // saved for backward, largest over the step's micro-batches
   bool operator==(const StepMemory&) const = default;
 };

@@ -172,6 +172,20 @@ MixtralModel::MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::i
 
 MicroBatchLoss MixtralModel::forward(const float* params, const std::int32_t* ids,
                                      const std::int32_t* targets, PhaseTimes* times) {
+  FlatParameters flat(params, nullptr);
+  return forward(flat, ids, targets, times);
+}
+
+void MixtralModel::backward(const float* params, float* grads, double loss_scale,
+                            PhaseTimes* times) {
+  FlatParameters flat(params, grads);
+  backward(flat, loss_scale, times);
+}
+
+MicroBatchLoss MixtralModel::forward(ParameterAccess& access, const std::int32_t* ids,
+                                     const std::int32_t* targets, PhaseTimes* times) {
+  auto P = [&](std::int64_t offset) { return access.param(offset); };
+  const std::int64_t head_group = model_.num_hidden_layers + 1;
   const ModelSpec& m = model_;
   const auto [n, d, nl, ql, kvl, heads, kv_heads, e, kk, f, v, vl] = dims();
   for (std::int64_t i = 0; i < n; ++i) {
@@ -189,14 +203,15 @@ MicroBatchLoss MixtralModel::forward(const float* params, const std::int32_t* id
       moe_.capacity_factor > 0 ? k::expert_capacity(n, e, kk, moe_.capacity_factor) : 0;
   MicroBatchLoss loss;
 
+  access.acquire(0, false);
   {
     PhaseTimer t(times, "lm_head");
     float* x0 = acts_.empty() ? x_final_.data() : acts_[0].x_in.data();
     if (tp_size_ == 1) {
-      k::embedding_forward<float>(x0, params + layout_.embedding(), ids_.data(), n, v, d);
+      k::embedding_forward<float>(x0, P(layout_.embedding()), ids_.data(), n, v, d);
     } else {
       // Vocab-parallel embedding: this rank's rows, zero elsewhere, summed over tp.
-      const float* table = params + layout_.embedding();
+      const float* table = P(layout_.embedding());
       const std::int64_t first = tp_rank_ * vl;
       for (std::int64_t i = 0; i < n; ++i) {
         const std::int64_t row = ids_[sz(i)] - first;
@@ -210,18 +225,20 @@ MicroBatchLoss MixtralModel::forward(const float* params, const std::int32_t* id
       tp_scatter(partial_.data(), x0);
     }
   }
+  access.release(0, false);
   for (std::int64_t li = 0; li < m.num_hidden_layers; ++li) {
     LayerActs& a = acts_[sz(li)];
     const LayerOffsets& o = layout_.layer(li);
+    access.acquire(1 + li, false);
     {
       PhaseTimer t(times, "attention");
       float* normed = tp_size_ == 1 ? a.h1n.data() : norm_local_.data();
-      k::rmsnorm_forward<float>(normed, a.rstd1.data(), a.x_in.data(), params + o.input_norm, nl, d,
+      k::rmsnorm_forward<float>(normed, a.rstd1.data(), a.x_in.data(), P(o.input_norm), nl, d,
                                 m.rms_norm_eps);
       if (tp_size_ > 1) parallel_.tp->all_gather(normed, a.h1n.data(), nl * d);
-      linear_forward(a.q.data(), a.h1n.data(), params + o.q, n, d, ql);
-      linear_forward(a.k.data(), a.h1n.data(), params + o.k, n, d, kvl);
-      linear_forward(a.v.data(), a.h1n.data(), params + o.v, n, d, kvl);
+      linear_forward(a.q.data(), a.h1n.data(), P(o.q), n, d, ql);
+      linear_forward(a.k.data(), a.h1n.data(), P(o.k), n, d, kvl);
+      linear_forward(a.v.data(), a.h1n.data(), P(o.v), n, d, kvl);
       k::rope_forward<float>(a.q.data(), a.q.data(), rope_cos_.data(), rope_sin_.data(), seq_,
                              nullptr, 0, batch_, seq_, heads, m.head_dim);
       k::rope_forward<float>(a.k.data(), a.k.data(), rope_cos_.data(), rope_sin_.data(), seq_,
@@ -230,9 +247,9 @@ MicroBatchLoss MixtralModel::forward(const float* params, const std::int32_t* id
                                   batch_, seq_, heads, kv_heads, m.head_dim, m.sliding_window);
       // x_mid = x_in + ctx Wo^T (row-parallel: partial sums over tp, reduce-scattered)
       if (tp_size_ == 1) {
-        linear_forward(a.x_mid.data(), a.ctx.data(), params + o.o, n, ql, d);
+        linear_forward(a.x_mid.data(), a.ctx.data(), P(o.o), n, ql, d);
       } else {
-        linear_forward(partial_.data(), a.ctx.data(), params + o.o, n, ql, d);
+        linear_forward(partial_.data(), a.ctx.data(), P(o.o), n, ql, d);
         tp_scatter(partial_.data(), a.x_mid.data());
       }
       add_into(a.x_mid.data(), a.x_in.data(), nl * d);
@@ -240,11 +257,11 @@ MicroBatchLoss MixtralModel::forward(const float* params, const std::int32_t* id
     {
       PhaseTimer t(times, "router");
       float* normed = tp_size_ == 1 ? a.h2n.data() : norm_local_.data();
-      k::rmsnorm_forward<float>(normed, a.rstd2.data(), a.x_mid.data(), params + o.post_norm, nl, d,
+      k::rmsnorm_forward<float>(normed, a.rstd2.data(), a.x_mid.data(), P(o.post_norm), nl, d,
                                 m.rms_norm_eps);
       // Every tp rank routes the whole sequence (the same result on each).
       if (tp_size_ > 1) parallel_.tp->all_gather(normed, a.h2n.data(), nl * d);
-      linear_forward(a.router_logits.data(), a.h2n.data(), params + o.gate, n, d, e);
+      linear_forward(a.router_logits.data(), a.h2n.data(), P(o.gate), n, d, e);
       if (moe_.load_balancing == LoadBalancing::Sinkhorn) {
         k::router_sinkhorn_forward<float>(a.probs.data(), a.topk_idx.data(), a.topk_w.data(),
                                           a.router_logits.data(), n, e, kk, kSinkhornTol,
@@ -265,12 +282,12 @@ MicroBatchLoss MixtralModel::forward(const float* params, const std::int32_t* id
       k::permute_forward<float>(a.xp.data(), a.h2n.data(), a.row_slot.data(), a.rows, kk, d);
     }
     if (ep_size_ > 1) {
-      experts_forward(a, o, params, times);
+      experts_forward(a, o, access, times);
     } else {
       PhaseTimer t(times, "experts");
       k::swiglu_grouped_forward<float>(a.yp.data(), a.h1.data(), a.h3.data(), a.act.data(),
-                                       a.xp.data(), params + o.w1[0], params + o.w3[0],
-                                       params + o.w2[0], a.counts.data(), e, d, f);
+                                       a.xp.data(), P(o.w1[0]), P(o.w3[0]), P(o.w2[0]),
+                                       a.counts.data(), e, d, f);
     }
     float* x_out = li + 1 < m.num_hidden_layers ? acts_[sz(li + 1)].x_in.data() : x_final_.data();
     {
@@ -282,19 +299,23 @@ MicroBatchLoss MixtralModel::forward(const float* params, const std::int32_t* id
       if (tp_size_ > 1) tp_scatter(partial_.data(), x_out);
       add_into(x_out, a.x_mid.data(), nl * d);
     }
+    access.release(1 + li, false);
   }
+  access.acquire(head_group, false);
   {
     PhaseTimer t(times, "lm_head");
     float* normed = tp_size_ == 1 ? hf_.data() : norm_local_.data();
-    k::rmsnorm_forward<float>(normed, rstd_f_.data(), x_final_.data(),
-                              params + layout_.final_norm(), nl, d, m.rms_norm_eps);
+    k::rmsnorm_forward<float>(normed, rstd_f_.data(), x_final_.data(), P(layout_.final_norm()), nl,
+                              d, m.rms_norm_eps);
     if (tp_size_ > 1) parallel_.tp->all_gather(normed, hf_.data(), nl * d);
-    linear_forward(logits_.data(), hf_.data(), params + layout_.lm_head(), n, d, vl);
+    linear_forward(logits_.data(), hf_.data(), P(layout_.lm_head()), n, d, vl);
     loss.ce = tp_size_ == 1
                   ? k::cross_entropy_forward<float>(nullptr, logits_.data(), targets_.data(), n, v)
                   : vocab_parallel_loss();
     loss.targets = k::count_targets(targets_.data(), n);
   }
+  access.release(head_group, false);
+  access.end_pass(false);
   if (moe_.load_balancing != LoadBalancing::Sinkhorn) {
     // Hugging Face averages the routing statistics over the tokens of all layers together; with
     // data parallelism over the tokens of every rank too, so the loss is that of the whole batch.
@@ -308,8 +329,10 @@ MicroBatchLoss MixtralModel::forward(const float* params, const std::int32_t* id
   return loss;
 }
 
-void MixtralModel::backward(const float* params, float* grads, double loss_scale,
-                            PhaseTimes* times) {
+void MixtralModel::backward(ParameterAccess& access, double loss_scale, PhaseTimes* times) {
+  auto P = [&](std::int64_t offset) { return access.param(offset); };
+  auto G = [&](std::int64_t offset) { return access.grad(offset); };
+  const std::int64_t head_group = model_.num_hidden_layers + 1;
   const ModelSpec& m = model_;
   const auto [n, d, nl, ql, kvl, heads, kv_heads, e, kk, f, v, vl] = dims();
   const bool aux_on = moe_.load_balancing == LoadBalancing::AuxLoss && moe_.aux_loss_coef > 0;
@@ -321,6 +344,7 @@ void MixtralModel::backward(const float* params, float* grads, double loss_scale
       tp_scatter(full_partial, local);
     }
   };
+  access.acquire(head_group, true);
   {
     PhaseTimer t(times, "lm_head");
     // The logits buffer becomes d(loss)/d(logits) in place.
@@ -330,16 +354,18 @@ void MixtralModel::backward(const float* params, float* grads, double loss_scale
     } else {
       vocab_parallel_loss_backward(loss_scale);
     }
-    linear_backward(dh_.data(), grads + layout_.lm_head(), logits_.data(), hf_.data(),
-                    params + layout_.lm_head(), n, d, vl, 0.0f);
+    linear_backward(dh_.data(), G(layout_.lm_head()), logits_.data(), hf_.data(),
+                    P(layout_.lm_head()), n, d, vl, 0.0f);
     float* dh_local = tp_size_ == 1 ? dh_.data() : norm_local_.data();
     to_local(dh_.data(), dh_local);
-    k::rmsnorm_backward<float>(dx_.data(), grads + layout_.final_norm(), dh_local, x_final_.data(),
-                               params + layout_.final_norm(), rstd_f_.data(), nl, d);
+    k::rmsnorm_backward<float>(dx_.data(), G(layout_.final_norm()), dh_local, x_final_.data(),
+                               P(layout_.final_norm()), rstd_f_.data(), nl, d);
   }
+  access.release(head_group, true);
   for (std::int64_t li = m.num_hidden_layers - 1; li >= 0; --li) {
     LayerActs& a = acts_[sz(li)];
     const LayerOffsets& o = layout_.layer(li);
+    access.acquire(1 + li, true);
     // dx_ holds d/d(layer output) for this rank's chunk; the residual passes it to x_mid.
     std::copy(dx_.begin(), dx_.end(), dx_mid_.begin());
     const float* dy = dx_.data();  // d/d(combined expert output), whole sequence
@@ -355,13 +381,13 @@ void MixtralModel::backward(const float* params, float* grads, double loss_scale
       if (tp_size_ > 1) parallel_.tp->all_reduce(dtopk_w_.data(), n * kk);
     }
     if (ep_size_ > 1) {
-      experts_backward(a, o, params, grads, times);
+      experts_backward(a, o, access, times);
     } else {
       PhaseTimer t(times, "experts");
-      k::swiglu_grouped_backward<float>(
-          dxp_.data(), grads + o.w1[0], grads + o.w3[0], grads + o.w2[0], dh1_.data(), dh3_.data(),
-          dyp_.data(), a.xp.data(), a.h1.data(), a.h3.data(), a.act.data(), params + o.w1[0],
-          params + o.w3[0], params + o.w2[0], a.counts.data(), e, d, f);
+      k::swiglu_grouped_backward<float>(dxp_.data(), G(o.w1[0]), G(o.w3[0]), G(o.w2[0]),
+                                        dh1_.data(), dh3_.data(), dyp_.data(), a.xp.data(),
+                                        a.h1.data(), a.h3.data(), a.act.data(), P(o.w1[0]),
+                                        P(o.w3[0]), P(o.w2[0]), a.counts.data(), e, d, f);
     }
     {
       PhaseTimer t(times, "dispatch");
@@ -391,13 +417,13 @@ void MixtralModel::backward(const float* params, float* grads, double loss_scale
       // Every tp rank routed the whole sequence: the gate's gradient is whole on each, and its
       // share of d(input) is 1/tp of the total so the reduce-scatter below sums it once.
       k::gemm<float>(true, false, e, d, n, 1.0f, drouter_.data(), e, a.h2n.data(), d, 1.0f,
-                     grads + o.gate, d);
+                     G(o.gate), d);
       k::gemm<float>(false, false, n, d, e, 1.0f / static_cast<float>(tp_size_), drouter_.data(), e,
-                     params + o.gate, d, 1.0f, dh_.data(), d);
+                     P(o.gate), d, 1.0f, dh_.data(), d);
       float* dh_local = tp_size_ == 1 ? dh_.data() : norm_local_.data();
       to_local(dh_.data(), dh_local);
-      k::rmsnorm_backward<float>(dtmp_.data(), grads + o.post_norm, dh_local, a.x_mid.data(),
-                                 params + o.post_norm, a.rstd2.data(), nl, d);
+      k::rmsnorm_backward<float>(dtmp_.data(), G(o.post_norm), dh_local, a.x_mid.data(),
+                                 P(o.post_norm), a.rstd2.data(), nl, d);
       add_into(dx_mid_.data(), dtmp_.data(), nl * d);
     }
     {
@@ -407,7 +433,7 @@ void MixtralModel::backward(const float* params, float* grads, double loss_scale
         parallel_.tp->all_gather(dx_mid_.data(), gathered_.data(), nl * d);
         dmid = gathered_.data();
       }
-      linear_backward(dctx_.data(), grads + o.o, dmid, a.ctx.data(), params + o.o, n, ql, d, 0.0f);
+      linear_backward(dctx_.data(), G(o.o), dmid, a.ctx.data(), P(o.o), n, ql, d, 0.0f);
       k::attention_backward<float>(dq_.data(), dk_.data(), dv_.data(), dctx_.data(), a.q.data(),
                                    a.k.data(), a.v.data(), a.att.data(), batch_, seq_, heads,
                                    kv_heads, m.head_dim);
@@ -415,29 +441,28 @@ void MixtralModel::backward(const float* params, float* grads, double loss_scale
                               nullptr, 0, batch_, seq_, heads, m.head_dim);
       k::rope_backward<float>(dk_.data(), dk_.data(), rope_cos_.data(), rope_sin_.data(), seq_,
                               nullptr, 0, batch_, seq_, kv_heads, m.head_dim);
-      linear_backward(dh_.data(), grads + o.q, dq_.data(), a.h1n.data(), params + o.q, n, d, ql,
-                      0.0f);
-      linear_backward(dh_.data(), grads + o.k, dk_.data(), a.h1n.data(), params + o.k, n, d, kvl,
-                      1.0f);
-      linear_backward(dh_.data(), grads + o.v, dv_.data(), a.h1n.data(), params + o.v, n, d, kvl,
-                      1.0f);
+      linear_backward(dh_.data(), G(o.q), dq_.data(), a.h1n.data(), P(o.q), n, d, ql, 0.0f);
+      linear_backward(dh_.data(), G(o.k), dk_.data(), a.h1n.data(), P(o.k), n, d, kvl, 1.0f);
+      linear_backward(dh_.data(), G(o.v), dv_.data(), a.h1n.data(), P(o.v), n, d, kvl, 1.0f);
       float* dh_local = tp_size_ == 1 ? dh_.data() : norm_local_.data();
       to_local(dh_.data(), dh_local);
-      k::rmsnorm_backward<float>(dtmp_.data(), grads + o.input_norm, dh_local, a.x_in.data(),
-                                 params + o.input_norm, a.rstd1.data(), nl, d);
+      k::rmsnorm_backward<float>(dtmp_.data(), G(o.input_norm), dh_local, a.x_in.data(),
+                                 P(o.input_norm), a.rstd1.data(), nl, d);
       // d/d(layer input) = the residual path plus the attention path.
       for (std::int64_t i = 0; i < nl * d; ++i)
         dx_[sz(i)] = dx_mid_[sz(i)] + dtmp_[sz(i)];
     }
+    access.release(1 + li, true);
   }
+  access.acquire(0, true);
   {
     PhaseTimer t(times, "lm_head");
     if (tp_size_ == 1) {
-      k::embedding_backward<float>(grads + layout_.embedding(), dx_.data(), ids_.data(), n, v, d);
+      k::embedding_backward<float>(G(layout_.embedding()), dx_.data(), ids_.data(), n, v, d);
     } else {
       // This rank's vocabulary rows get the gradient of the tokens that use them.
       parallel_.tp->all_gather(dx_.data(), gathered_.data(), nl * d);
-      float* table = grads + layout_.embedding();
+      float* table = G(layout_.embedding());
       const std::int64_t first = tp_rank_ * vl;
       for (std::int64_t i = 0; i < n; ++i) {
         const std::int64_t row = ids_[sz(i)] - first;
@@ -448,6 +473,8 @@ void MixtralModel::backward(const float* params, float* grads, double loss_scale
       }
     }
   }
+  access.release(0, true);
+  access.end_pass(true);
 }
 
 void MixtralModel::tp_scatter(const float* partial, float* local) {
@@ -507,8 +534,9 @@ void MixtralModel::vocab_parallel_loss_backward(double loss_scale) {
   }
 }
 
-void MixtralModel::experts_forward(LayerActs& a, const LayerOffsets& o, const float* params,
+void MixtralModel::experts_forward(LayerActs& a, const LayerOffsets& o, ParameterAccess& access,
                                    PhaseTimes* times) {
+  auto P = [&](std::int64_t offset) { return access.param(offset); };
   const std::int64_t d = model_.hidden_size, f = model_.moe_intermediate_size / tp_size_;
   Communicator& ep = *parallel_.ep;
   {
@@ -523,9 +551,9 @@ void MixtralModel::experts_forward(LayerActs& a, const LayerOffsets& o, const fl
     a.h3.resize(a.h1.size());
     a.act.resize(a.h1.size());
     exchange2_.resize(rows * static_cast<std::size_t>(d));
-    k::swiglu_grouped_forward<float>(
-        exchange2_.data(), a.h1.data(), a.h3.data(), a.act.data(), a.xg.data(), params + o.w1[0],
-        params + o.w3[0], params + o.w2[0], a.exchange.local_counts.data(), local_experts_, d, f);
+    k::swiglu_grouped_forward<float>(exchange2_.data(), a.h1.data(), a.h3.data(), a.act.data(),
+                                     a.xg.data(), P(o.w1[0]), P(o.w3[0]), P(o.w2[0]),
+                                     a.exchange.local_counts.data(), local_experts_, d, f);
   }
   {
     PhaseTimer t(times, "combine");
@@ -533,8 +561,10 @@ void MixtralModel::experts_forward(LayerActs& a, const LayerOffsets& o, const fl
   }
 }
 
-void MixtralModel::experts_backward(LayerActs& a, const LayerOffsets& o, const float* params,
-                                    float* grads, PhaseTimes* times) {
+void MixtralModel::experts_backward(LayerActs& a, const LayerOffsets& o, ParameterAccess& access,
+                                    PhaseTimes* times) {
+  auto P = [&](std::int64_t offset) { return access.param(offset); };
+  auto G = [&](std::int64_t offset) { return access.grad(offset); };
   const std::int64_t d = model_.hidden_size, f = model_.moe_intermediate_size / tp_size_;
   Communicator& ep = *parallel_.ep;
   const auto rows = static_cast<std::size_t>(a.exchange.recv_rows);
@@ -547,10 +577,10 @@ void MixtralModel::experts_backward(LayerActs& a, const LayerOffsets& o, const f
     PhaseTimer t(times, "experts");
     std::vector<float> dx(rows * static_cast<std::size_t>(d)),
         dh1(rows * static_cast<std::size_t>(f)), dh3(dh1.size());
-    k::swiglu_grouped_backward<float>(
-        dx.data(), grads + o.w1[0], grads + o.w3[0], grads + o.w2[0], dh1.data(), dh3.data(),
-        exchange2_.data(), a.xg.data(), a.h1.data(), a.h3.data(), a.act.data(), params + o.w1[0],
-        params + o.w3[0], params + o.w2[0], a.exchange.local_counts.data(), local_experts_, d, f);
+    k::swiglu_grouped_backward<float>(dx.data(), G(o.w1[0]), G(o.w3[0]), G(o.w2[0]), dh1.data(),
+                                      dh3.data(), exchange2_.data(), a.xg.data(), a.h1.data(),
+                                      a.h3.data(), a.act.data(), P(o.w1[0]), P(o.w3[0]), P(o.w2[0]),
+                                      a.exchange.local_counts.data(), local_experts_, d, f);
     exchange2_.swap(dx);
   }
   {

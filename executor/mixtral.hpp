@@ -42,6 +42,41 @@ struct ModelParallel {
   Communicator* dp = nullptr;  // data parallel: the load-balancing statistics are summed over it
 };
 
+// Where the model reads its parameters and writes its gradients. The model walks the parameter
+// groups in order — 0 the embedding, 1 + l layer l, L + 1 the final norm and LM head — forward
+// 0..L+1, backward L+1..0, and asks for each group before it touches it and lets it go after.
+// A whole local flat buffer (FlatParameters) needs none of that; hybrid sharding
+// (ShardedParameters, executor/sharding.hpp) gathers a group when it is asked for, prefetches the
+// next one, frees it on release, and reduce-scatters a group's gradients once its backward is
+// done.
+class ParameterAccess {
+ public:
+  virtual ~ParameterAccess() = default;
+  virtual void acquire(std::int64_t group, bool backward) = 0;
+  virtual void release(std::int64_t group, bool backward) = 0;
+  // The pass is over: finish pending gradient reductions (backward).
+  virtual void end_pass(bool backward) = 0;
+  // The tensor that starts at `offset` of the flat layout (its group acquired).
+  virtual const float* param(std::int64_t offset) = 0;
+  // Its gradient accumulator (backward, its group acquired); the model adds into it.
+  virtual float* grad(std::int64_t offset) = 0;
+};
+
+// Whole local parameters and gradients in two flat buffers.
+class FlatParameters final : public ParameterAccess {
+ public:
+  FlatParameters(const float* params, float* grads) : params_(params), grads_(grads) {}
+  void acquire(std::int64_t, bool) override {}
+  void release(std::int64_t, bool) override {}
+  void end_pass(bool) override {}
+  const float* param(std::int64_t offset) override { return params_ + offset; }
+  float* grad(std::int64_t offset) override { return grads_ + offset; }
+
+ private:
+  const float* params_;
+  float* grads_;
+};
+
 class MixtralModel {
  public:
   MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::int64_t batch,
@@ -56,11 +91,14 @@ class MixtralModel {
   // every activation for backward(). logits() holds [B*S, V] afterwards.
   MicroBatchLoss forward(const float* params, const std::int32_t* ids, const std::int32_t* targets,
                          PhaseTimes* times = nullptr);
+  MicroBatchLoss forward(ParameterAccess& access, const std::int32_t* ids,
+                         const std::int32_t* targets, PhaseTimes* times = nullptr);
   // Adds loss_scale * d(total loss)/d(params) into grads, for the last forward(). With data
   // parallelism, loss_scale carries the 1/dp of the mean over ranks; the load-balancing loss is
   // already global (statistics summed over the dp group), so its gradient is scaled by
   // loss_scale * dp.
   void backward(const float* params, float* grads, double loss_scale, PhaseTimes* times = nullptr);
+  void backward(ParameterAccess& access, double loss_scale, PhaseTimes* times = nullptr);
 
   const std::vector<float>& logits() const { return logits_; }
   // Routed (token, slot) pairs per expert in each layer for the last forward(): [layer][expert].
@@ -85,8 +123,9 @@ class MixtralModel {
 
   // Expert parallelism: send each routed row to the rank owning its expert, run the local experts,
   // send the outputs back. `in` [rows, D] in dispatch order (expert-major over all experts).
-  void experts_forward(LayerActs& a, const LayerOffsets& o, const float* params, PhaseTimes* times);
-  void experts_backward(LayerActs& a, const LayerOffsets& o, const float* params, float* grads,
+  void experts_forward(LayerActs& a, const LayerOffsets& o, ParameterAccess& access,
+                       PhaseTimes* times);
+  void experts_backward(LayerActs& a, const LayerOffsets& o, ParameterAccess& access,
                         PhaseTimes* times);
 
   ModelSpec model_;

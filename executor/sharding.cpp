@@ -7,6 +7,7 @@
 #include "core/error.hpp"
 #include "core/mesh.hpp"
 #include "executor/io/checkpoint.hpp"
+#include "executor/mixtral.hpp"
 
 namespace moetune::executor {
 
@@ -56,6 +57,183 @@ void put_shards(const std::vector<ShardUnit>& units, std::int64_t hs_rank, const
     if (from < to)
       std::copy(shards + u.shard_offset, shards + u.shard_offset + (to - from), flat + from);
   }
+}
+
+ShardedParameters::ShardedParameters(const ParameterLayout& layout, const ModelSpec& model,
+                                     Communicator& hs, Communicator* tp)
+    : layout_(layout), hs_(hs), tp_(tp != nullptr && tp->size() > 1 ? tp : nullptr) {
+  const std::int64_t size = hs_.size();
+  units_ = shard_units(layout, model, size);
+  // shard_units lists the embedding, each layer's dense part and experts, then the final norm
+  // and head: group 0, groups 1 + l (two units each), group L + 1.
+  const std::int64_t layers = model.num_hidden_layers;
+  MOETUNE_CHECK(static_cast<std::int64_t>(units_.size()) == 2 * layers + 2,
+                "shard units are the embedding, two per layer, and the head");
+  groups_.resize(static_cast<std::size_t>(layers + 2));
+  for (std::size_t u = 0; u < units_.size(); ++u) {
+    const std::int64_t g = u == 0 ? 0 : (u + 1 == units_.size() ? layers + 1 : 1 + (u - 1) / 2);
+    groups_[static_cast<std::size_t>(g)].push_back(static_cast<std::int64_t>(u));
+    unit_begins_.push_back(units_[u].begin);
+  }
+  unit_slot_offset_.resize(units_.size());
+  for (const auto& group : groups_) {
+    std::int64_t at = 0;
+    for (std::int64_t u : group) {
+      unit_slot_offset_[static_cast<std::size_t>(u)] = at;
+      at += units_[static_cast<std::size_t>(u)].shard * size;
+    }
+    slot_floats_ = std::max(slot_floats_, at);
+  }
+  group_norms_.resize(groups_.size());
+  for (const ParamTensor& t : layout.tensors()) {
+    if (!t.is_norm) continue;
+    const std::int64_t g = group_of(unit_of(t.offset));
+    group_norms_[static_cast<std::size_t>(g)].push_back({t.offset, t.numel});
+  }
+  master_.assign(static_cast<std::size_t>(shard_floats(units_)), 0.0f);
+  grad_shard_.assign(master_.size(), 0.0f);
+  for (int s = 0; s < 2; ++s) {
+    slots_[s].assign(static_cast<std::size_t>(slot_floats_), 0.0f);
+    grad_slots_[s].assign(static_cast<std::size_t>(slot_floats_), 0.0f);
+  }
+}
+
+double ShardedParameters::gathered_bytes() const {
+  return 4.0 * static_cast<double>(slots_[0].size() + slots_[1].size());
+}
+
+double ShardedParameters::gradient_slot_bytes() const {
+  return 4.0 * static_cast<double>(grad_slots_[0].size() + grad_slots_[1].size());
+}
+
+void ShardedParameters::zero_grad() {
+  std::fill(grad_shard_.begin(), grad_shard_.end(), 0.0f);
+}
+
+std::vector<float> ShardedParameters::gather_all() {
+  std::vector<float> whole(static_cast<std::size_t>(layout_.numel()));
+  std::vector<float> staging;
+  for (const ShardUnit& u : units_) {
+    staging.resize(static_cast<std::size_t>(u.shard * hs_.size()));
+    hs_.all_gather(master_.data() + u.shard_offset, staging.data(), u.shard);
+    std::copy(staging.begin(), staging.begin() + (u.end - u.begin), whole.begin() + u.begin);
+  }
+  return whole;
+}
+
+std::int64_t ShardedParameters::unit_of(std::int64_t offset) const {
+  const auto it = std::upper_bound(unit_begins_.begin(), unit_begins_.end(), offset);
+  MOETUNE_CHECK(it != unit_begins_.begin(), "offset before the first unit");
+  return static_cast<std::int64_t>(it - unit_begins_.begin()) - 1;
+}
+
+std::int64_t ShardedParameters::group_of(std::int64_t unit) const {
+  const auto n = static_cast<std::int64_t>(units_.size());
+  if (unit == 0) return 0;
+  if (unit == n - 1) return n / 2;
+  return 1 + (unit - 1) / 2;
+}
+
+void ShardedParameters::gather(std::int64_t group, int slot) {
+  for (std::int64_t u : groups_[static_cast<std::size_t>(group)]) {
+    const ShardUnit& unit = units_[static_cast<std::size_t>(u)];
+    hs_.all_gather(master_.data() + unit.shard_offset,
+                   slots_[slot].data() + unit_slot_offset_[static_cast<std::size_t>(u)],
+                   unit.shard);
+  }
+  slot_group_[slot] = group;
+}
+
+void ShardedParameters::acquire(std::int64_t group, bool backward) {
+  backward_ = backward;
+  int slot = slot_group_[0] == group ? 0 : (slot_group_[1] == group ? 1 : -1);
+  if (slot < 0) {
+    slot = slot_group_[0] < 0 ? 0 : 1;
+    MOETUNE_CHECK(slot_group_[slot] < 0, "a parameter group acquired before the last was released");
+    gather(group, slot);
+  }
+  // Prefetch the pass's next group into the other slot.
+  const std::int64_t next = backward ? group - 1 : group + 1;
+  const int other = 1 - slot;
+  if (next >= 0 && next < static_cast<std::int64_t>(groups_.size()) && slot_group_[other] < 0) {
+    gather(next, other);
+  }
+  if (backward) {
+    const int g = grad_slot_group_[0] < 0 ? 0 : 1;
+    MOETUNE_CHECK(grad_slot_group_[g] < 0, "both gradient slots in use");
+    std::fill(grad_slots_[g].begin(), grad_slots_[g].end(), 0.0f);
+    grad_slot_group_[g] = group;
+  }
+}
+
+void ShardedParameters::release(std::int64_t group, bool backward) {
+  for (int s = 0; s < 2; ++s) {
+    if (slot_group_[s] == group) slot_group_[s] = -1;
+  }
+  if (!backward) return;
+  const int g = grad_slot_of(group);
+  // The previous group's gradients are reduced now, while this one's wait for the next release.
+  if (pending_ >= 0) reduce_scatter(pending_);
+  pending_ = g;
+}
+
+void ShardedParameters::end_pass(bool backward) {
+  if (backward && pending_ >= 0) reduce_scatter(pending_);
+  pending_ = -1;
+  slot_group_[0] = slot_group_[1] = -1;
+}
+
+void ShardedParameters::reduce_scatter(int grad_slot) {
+  const std::int64_t group = grad_slot_group_[grad_slot];
+  float* slot = grad_slots_[grad_slot].data();
+  auto at = [&](std::int64_t offset) {
+    const std::int64_t u = unit_of(offset);
+    return slot + unit_slot_offset_[static_cast<std::size_t>(u)] +
+           (offset - units_[static_cast<std::size_t>(u)].begin);
+  };
+  // Norm weights see only this rank's sequence chunk under sequence parallelism: their gradients
+  // are summed over tp first.
+  if (tp_ != nullptr) {
+    for (const Range& r : group_norms_[static_cast<std::size_t>(group)])
+      tp_->all_reduce(at(r.offset), r.numel);
+  }
+  // Each unit is reduce-scattered into this rank's shard accumulator. The accumulator joins the
+  // sum through this rank's own segment, so no second buffer is needed.
+  const std::int64_t rank = hs_.rank();
+  for (std::int64_t u : groups_[static_cast<std::size_t>(group)]) {
+    const ShardUnit& unit = units_[static_cast<std::size_t>(u)];
+    float* segment = slot + unit_slot_offset_[static_cast<std::size_t>(u)];
+    float* own = segment + rank * unit.shard;
+    const float* acc = grad_shard_.data() + unit.shard_offset;
+    for (std::int64_t i = 0; i < unit.shard; ++i)
+      own[i] += acc[i];
+    hs_.reduce_scatter(segment, grad_shard_.data() + unit.shard_offset, unit.shard);
+  }
+  grad_slot_group_[grad_slot] = -1;
+}
+
+int ShardedParameters::grad_slot_of(std::int64_t group) const {
+  for (int s = 0; s < 2; ++s) {
+    if (grad_slot_group_[s] == group && pending_ != s) return s;
+  }
+  MOETUNE_CHECK(false, "a gradient written while its group is not acquired for backward");
+  return -1;
+}
+
+const float* ShardedParameters::param(std::int64_t offset) {
+  const std::int64_t u = unit_of(offset);
+  const std::int64_t group = group_of(u);
+  const int slot = slot_group_[0] == group ? 0 : (slot_group_[1] == group ? 1 : -1);
+  MOETUNE_CHECK(slot >= 0, "a parameter read while its group is not acquired");
+  return slots_[slot].data() + unit_slot_offset_[static_cast<std::size_t>(u)] +
+         (offset - units_[static_cast<std::size_t>(u)].begin);
+}
+
+float* ShardedParameters::grad(std::int64_t offset) {
+  const std::int64_t u = unit_of(offset);
+  const std::int64_t group = group_of(u);
+  return grad_slots_[grad_slot_of(group)].data() + unit_slot_offset_[static_cast<std::size_t>(u)] +
+         (offset - units_[static_cast<std::size_t>(u)].begin);
 }
 
 std::filesystem::path rank_checkpoint_root(const std::filesystem::path& checkpoint_dir,

@@ -126,7 +126,7 @@ Trainer::Trainer(const Plan& plan, const TrainOptions& options, ProcessGroups* g
   if (groups_ != nullptr && plan_.layout.hs > 1) {
     hs_size_ = (*groups_)[Group::Hs].size();
     hs_rank_ = (*groups_)[Group::Hs].rank();
-    build_units();
+    shard_parameters();
   }
   const bool resumed = options_.resume && resume();
   if (!options_.batch_source) load_data();
@@ -188,14 +188,15 @@ StepRecord Trainer::train_step() {
   PhaseTimes phases;
   StepRecord rec;
   std::fill(grads_.begin(), grads_.end(), 0.0f);
-  if (hs_size_ > 1) gather_parameters();
+  if (sharded_) sharded_->zero_grad();
+  FlatParameters flat(params_.data(), grads_.data());
+  ParameterAccess& access = sharded_ ? static_cast<ParameterAccess&>(*sharded_) : flat;
   // The loss is the mean over micro-batches and data-parallel ranks.
   const double scale = 1.0 / static_cast<double>(accum_ * dp_size_);
   for (std::int64_t micro = 0; micro < accum_; ++micro) {
     fill_micro_batch(step_, micro);
-    const MicroBatchLoss loss =
-        model_->forward(params_.data(), ids_.data(), targets_.data(), &phases);
-    model_->backward(params_.data(), grads_.data(), scale, &phases);
+    const MicroBatchLoss loss = model_->forward(access, ids_.data(), targets_.data(), &phases);
+    model_->backward(access, scale, &phases);
     rec.loss += loss.ce * scale;
     rec.aux_loss += loss.aux / static_cast<double>(accum_);  // already global over dp
     rec.z_loss += loss.z * scale;
@@ -224,7 +225,7 @@ StepRecord Trainer::train_step() {
     const double clip = k::clip_scale(rec.grad_norm, plan_.train.optimizer.grad_clip);
     const OptimizerSpec& o = plan_.train.optimizer;
     rec.lr = learning_rate(o, step_);
-    if (hs_size_ > 1) {
+    if (sharded_) {
       sharded_optimizer_step(rec.lr, clip);
     } else {
       k::AdamWParams hp{rec.lr, o.beta1, o.beta2, o.eps, o.weight_decay};
@@ -255,13 +256,13 @@ StepRecord Trainer::train_step() {
     for (auto& [kind, comm] : groups_->groups)
       collect(*comm, to_string(kind));
   }
-  const std::size_t state_floats = params_.size() + grads_.size() + adam_m_.size() +
-                                   adam_v_.size() + master_shard_.size() + grad_shard_.size();
-  rec.peak_memory_bytes =
-      static_cast<double>(4 * state_floats) + static_cast<double>(model_->activation_bytes());
   const StateBytes state = state_bytes();
-  rec.memory = StepMemory{state.parameters, state.gradients, state.optimizer,
-                          static_cast<double>(model_->activation_bytes())};
+  rec.peak_memory_bytes = state.parameters + state.gradients + state.optimizer +
+                          state.gathered_parameters +
+                          static_cast<double>(model_->activation_bytes());
+  rec.memory =
+      StepMemory{state.parameters, state.gradients, state.optimizer, state.gathered_parameters,
+                 static_cast<double>(model_->activation_bytes())};
   return rec;
 }
 
@@ -269,38 +270,44 @@ StepRecord Trainer::train_step() {
 // expert replicate group (rep): afterwards every replica holds the gradient of the whole batch.
 Trainer::StateBytes Trainer::state_bytes() const {
   StateBytes b;
-  b.parameters = 4.0 * static_cast<double>(params_.size() + master_shard_.size());
-  b.gradients = 4.0 * static_cast<double>(grads_.size() + grad_shard_.size());
   b.optimizer = 4.0 * static_cast<double>(adam_m_.size() + adam_v_.size());
+  if (sharded_) {
+    b.parameters = 4.0 * static_cast<double>(sharded_->master().size());
+    b.gradients =
+        4.0 * static_cast<double>(sharded_->grad_shard().size()) + sharded_->gradient_slot_bytes();
+    b.gathered_parameters = sharded_->gathered_bytes();
+  } else {
+    b.parameters = 4.0 * static_cast<double>(params_.size());
+    b.gradients = 4.0 * static_cast<double>(grads_.size());
+  }
   return b;
 }
 
-void Trainer::build_units() {
-  units_ = shard_units(model_->layout(), plan_.model, hs_size_);
-  master_shard_.assign(static_cast<std::size_t>(shard_floats(units_)), 0.0f);
-  grad_shard_.assign(master_shard_.size(), 0.0f);
+std::vector<float> Trainer::whole_params() {
+  return sharded_ ? sharded_->gather_all() : params_;
+}
+
+// The whole local parameters, initialised (or loaded) in params_, become this rank's shards;
+// from here on only shards are held.
+void Trainer::shard_parameters() {
+  Communicator* tp = plan_.layout.tp > 1 ? &(*groups_)[Group::Tp] : nullptr;
+  sharded_ =
+      std::make_unique<ShardedParameters>(model_->layout(), plan_.model, (*groups_)[Group::Hs], tp);
+  take_shards(sharded_->units(), hs_rank_, params_.data(), sharded_->master().data());
   // Adam state lives in shards only.
-  adam_m_.assign(master_shard_.size(), 0.0f);
-  adam_v_.assign(master_shard_.size(), 0.0f);
-  take_shards(units_, hs_rank_, params_.data(), master_shard_.data());
+  adam_m_.assign(sharded_->master().size(), 0.0f);
+  adam_v_.assign(sharded_->master().size(), 0.0f);
+  std::vector<float>().swap(params_);
+  std::vector<float>().swap(grads_);
 }
 
-// Every unit all-gathered over hs into the working parameters.
-void Trainer::gather_parameters() {
-  Communicator& hs = (*groups_)[Group::Hs];
-  for (const ShardUnit& u : units_) {
-    staging_.resize(static_cast<std::size_t>(u.shard * hs_size_));
-    hs.all_gather(master_shard_.data() + u.shard_offset, staging_.data(), u.shard);
-    std::copy(staging_.begin(), staging_.begin() + (u.end - u.begin), params_.begin() + u.begin);
-  }
-}
-
-// AdamW on this rank's shards; the working parameters are gathered again at the next step.
+// AdamW on this rank's shards; the layers are gathered from them as the next step needs them.
 void Trainer::sharded_optimizer_step(double lr, double clip) {
   const OptimizerSpec& o = plan_.train.optimizer;
   k::AdamWParams hp{lr, o.beta1, o.beta2, o.eps, o.weight_decay};
-  k::adamw_step<float>(master_shard_.data(), adam_m_.data(), adam_v_.data(), grad_shard_.data(),
-                       static_cast<std::int64_t>(master_shard_.size()), hp, step_ + 1, clip);
+  std::vector<float>& master = sharded_->master();
+  k::adamw_step<float>(master.data(), adam_m_.data(), adam_v_.data(), sharded_->grad_shard().data(),
+                       static_cast<std::int64_t>(master.size()), hp, step_ + 1, clip);
 }
 
 void Trainer::reduce_gradients() {
@@ -308,23 +315,20 @@ void Trainer::reduce_gradients() {
   // Norm weights see only this rank's sequence chunk under tensor (sequence) parallelism: sum
   // their gradients over tp first.
   Communicator& tp = (*groups_)[Group::Tp];
-  if (tp.size() > 1) {
+  if (tp.size() > 1 && !sharded_) {
     for (const ParamTensor& t : model_->layout().tensors()) {
       if (t.is_norm) tp.all_reduce(grads_.data() + t.offset, t.numel);
     }
   }
-  if (hs_size_ > 1) {
-    // Reduce-scatter each unit over hs (padded to whole shards), then sum the shard over the
-    // replicas of that unit.
-    Communicator& hs = (*groups_)[Group::Hs];
+  if (sharded_) {
+    // The gradients were reduce-scattered over hs layer by layer during backward (norms summed
+    // over tp first); sum each unit's shard over the replicas of that unit.
     Communicator& dense = (*groups_)[Group::DenseReplicate];
     Communicator& expert = (*groups_)[Group::ExpertReplicate];
-    for (const ShardUnit& u : units_) {
-      staging_.assign(static_cast<std::size_t>(u.shard * hs_size_), 0.0f);
-      std::copy(grads_.begin() + u.begin, grads_.begin() + u.end, staging_.begin());
-      hs.reduce_scatter(staging_.data(), grad_shard_.data() + u.shard_offset, u.shard);
+    for (const ShardUnit& u : sharded_->units()) {
       Communicator& replicas = u.experts ? expert : dense;
-      if (replicas.size() > 1) replicas.all_reduce(grad_shard_.data() + u.shard_offset, u.shard);
+      if (replicas.size() > 1)
+        replicas.all_reduce(sharded_->grad_shard().data() + u.shard_offset, u.shard);
     }
     return;
   }
@@ -346,14 +350,15 @@ double Trainer::global_grad_norm() const {
     const int cls = t.is_expert ? 2 : (t.split == TpSplit::None ? 0 : 1);
     sums[cls] += k::sum_of_squares<float>(g, count);
   };
-  if (hs_size_ > 1) {
+  if (sharded_) {
     // Walk each unit's shard through the tensors it overlaps.
-    for (const ShardUnit& u : units_) {
+    const std::vector<float>& grad_shard = sharded_->grad_shard();
+    for (const ShardUnit& u : sharded_->units()) {
       const std::int64_t from = u.begin + hs_rank_ * u.shard;
       const std::int64_t to = std::min(u.end, from + u.shard);
       for (const ParamTensor& t : model_->layout().tensors()) {
         const std::int64_t lo = std::max(from, t.offset), hi = std::min(to, t.offset + t.numel);
-        if (lo < hi) add(t, grad_shard_.data() + u.shard_offset + (lo - from), hi - lo);
+        if (lo < hi) add(t, grad_shard.data() + u.shard_offset + (lo - from), hi - lo);
       }
     }
   } else {
@@ -401,9 +406,6 @@ void Trainer::run(const std::function<void(const StepRecord&)>& on_step) {
       if (groups_ != nullptr) groups_->world->barrier();
     }
   }
-  // With sharding the working parameters are gathered at the start of each step; gather once
-  // more so params() and exports hold the trained values.
-  if (hs_size_ > 1) gather_parameters();
   if (!options_.export_hf.empty()) {
     std::filesystem::create_directories(options_.export_hf);
     write_file_atomically(options_.export_hf / "config.json",
@@ -471,20 +473,23 @@ bool Trainer::resume() {
 void Trainer::restore_resharded(const Plan& saved, std::int64_t step) {
   const auto whole = load_whole_model(options_.checkpoint_dir, step, saved);
   const ParameterLayout& layout = model_->layout();
-  std::vector<float> m(params_.size()), v(params_.size());
+  const auto n = static_cast<std::size_t>(layout.numel());
+  std::vector<float> p(n), m(n), v(n);
   for (const ParamTensor& t : layout.tensors()) {
     const auto it = whole.find(t.name);
     if (it == whole.end())
       throw InputError("checkpoint step " + std::to_string(step) + " has no " + t.name);
-    layout.take_block(t, it->second.param.data(), params_.data() + t.offset);
+    layout.take_block(t, it->second.param.data(), p.data() + t.offset);
     layout.take_block(t, it->second.exp_avg.data(), m.data() + t.offset);
     layout.take_block(t, it->second.exp_avg_sq.data(), v.data() + t.offset);
   }
-  if (hs_size_ > 1) {
-    take_shards(units_, hs_rank_, params_.data(), master_shard_.data());
-    take_shards(units_, hs_rank_, m.data(), adam_m_.data());
-    take_shards(units_, hs_rank_, v.data(), adam_v_.data());
+  if (sharded_) {
+    const std::vector<ShardUnit>& units = sharded_->units();
+    take_shards(units, hs_rank_, p.data(), sharded_->master().data());
+    take_shards(units, hs_rank_, m.data(), adam_m_.data());
+    take_shards(units, hs_rank_, v.data(), adam_v_.data());
   } else {
+    params_ = std::move(p);
     adam_m_ = std::move(m);
     adam_v_ = std::move(v);
   }
@@ -493,9 +498,10 @@ void Trainer::restore_resharded(const Plan& saved, std::int64_t step) {
 
 void Trainer::save_checkpoint_now() {
   std::vector<NamedTensor> tensors;
-  if (hs_size_ > 1) {
-    const std::vector<std::int64_t> shape = {static_cast<std::int64_t>(master_shard_.size())};
-    tensors.push_back({"shard.master", shape, master_shard_.data()});
+  if (sharded_) {
+    const std::vector<float>& master = sharded_->master();
+    const std::vector<std::int64_t> shape = {static_cast<std::int64_t>(master.size())};
+    tensors.push_back({"shard.master", shape, master.data()});
     tensors.push_back({"shard.exp_avg", shape, adam_m_.data()});
     tensors.push_back({"shard.exp_avg_sq", shape, adam_v_.data()});
   } else {
@@ -520,9 +526,10 @@ void Trainer::save_checkpoint_now() {
 
 void Trainer::restore(const std::filesystem::path& dir) {
   const Checkpoint ckpt = load_checkpoint(dir);
-  if (hs_size_ > 1) {
-    const std::vector<std::int64_t> shape = {static_cast<std::int64_t>(master_shard_.size())};
-    ckpt.copy_to("shard.master", master_shard_.data(), shape);
+  if (sharded_) {
+    std::vector<float>& master = sharded_->master();
+    const std::vector<std::int64_t> shape = {static_cast<std::int64_t>(master.size())};
+    ckpt.copy_to("shard.master", master.data(), shape);
     ckpt.copy_to("shard.exp_avg", adam_m_.data(), shape);
     ckpt.copy_to("shard.exp_avg_sq", adam_v_.data(), shape);
   } else {

@@ -49,15 +49,19 @@ class Trainer {
 
   const Plan& plan() const { return plan_; }
   std::int64_t step() const { return step_; }
+  // This rank's whole local parameters (hs = 1; with sharding use whole_params()).
   const std::vector<float>& params() const { return params_; }
   std::vector<float>& mutable_params() { return params_; }
+  // This rank's whole local parameters under any layout; with hs > 1 a collective over the hs
+  // group (every rank of it calls it) that gathers the shards.
+  std::vector<float> whole_params();
   const ParameterLayout& layout() const { return model_->layout(); }
   std::int64_t grad_accum() const { return accum_; }
   // Bytes of this rank's model state, as the simulator's memory model counts it: parameters
-  // (the fp32 master, which the CPU backend computes with), gradient accumulators, Adam m and v.
-  // With hs > 1 the working parameters and gradients are still held whole besides the shards.
+  // (the fp32 master, which the CPU backend computes with), gradient accumulators, Adam m and v,
+  // and with hs > 1 the two gather slots (gradients then include the two gradient slots).
   struct StateBytes {
-    double parameters = 0, gradients = 0, optimizer = 0;
+    double parameters = 0, gradients = 0, optimizer = 0, gathered_parameters = 0;
   };
   StateBytes state_bytes() const;
   // One optimizer step on the given step's data; returns its record.
@@ -78,9 +82,8 @@ class Trainer {
   double global_grad_norm() const;
   // Hybrid sharding (hs > 1): parameters, gradients and Adam state of every unit (a layer's dense
   // part, its experts, the embedding, the head) are split into hs equal shards; each rank keeps
-  // its shard, all-gathers the working parameters, reduce-scatters the gradients.
-  void build_units();
-  void gather_parameters();
+  // its shards (ShardedParameters gathers layer by layer and reduce-scatters gradients).
+  void shard_parameters();
   void sharded_optimizer_step(double lr, double clip);
 
   Plan plan_;
@@ -92,8 +95,7 @@ class Trainer {
   std::int64_t step_ = 0;  // optimizer steps done
   std::vector<float> params_, grads_, adam_m_, adam_v_;
   std::int64_t hs_size_ = 1, hs_rank_ = 0;
-  std::vector<ShardUnit> units_;
-  std::vector<float> master_shard_, grad_shard_, staging_;  // hs > 1: this rank's shards
+  std::unique_ptr<ShardedParameters> sharded_;  // hs > 1; params_ and grads_ stay empty
   std::vector<std::uint32_t> tokens_;
   std::vector<std::int32_t> ids_, targets_;
   std::unique_ptr<RunLogWriter> log_;

@@ -42,7 +42,18 @@ StageParams Simulator::stage_params(const Layout& l, std::int64_t stage) const {
   const std::int64_t per_stage = m.num_hidden_layers / l.pp;
   sp.first = stage == 0;
   sp.last = stage == l.pp - 1;
-  double largest_unit = 0;
+  // Hybrid sharding splits each unit (the embedding, a layer's dense part, a layer's experts, the
+  // final norm with the head) into hs equal shards, the last one padded; a gather group (the
+  // embedding, a layer, the final norm and head) is gathered whole, its units padded.
+  const std::int64_t hs = l.hs;
+  auto shard = [hs](double unit) {
+    return static_cast<double>((static_cast<std::int64_t>(unit) + hs - 1) / hs);
+  };
+  double largest_group = 0, sharded = 0;
+  auto add_group = [&](double a, double b) {
+    sharded += shard(a) + shard(b);
+    largest_group = std::max(largest_group, static_cast<double>(hs) * (shard(a) + shard(b)));
+  };
   for (std::int64_t layer = stage * per_stage; layer < (stage + 1) * per_stage; ++layer) {
     const LayerParams& p = layer_params_[static_cast<std::size_t>(layer)];
     // Split by tp: q, k, v, o (and their biases), shared expert, dense FFN. Whole on every tp rank:
@@ -59,24 +70,27 @@ StageParams Simulator::stage_params(const Layout& l, std::int64_t stage) const {
     } else {
       ++sp.dense_layers;
     }
-    const double unit = split / l.tp + replicated + static_cast<double>(p.experts) / (l.ep * l.tp);
-    largest_unit = std::max(largest_unit, unit);
+    add_group(split / l.tp + replicated, static_cast<double>(p.experts) / (l.ep * l.tp));
   }
   const double vocab_h = static_cast<double>(m.vocab_size * m.hidden_size);
   if (sp.first) {
     sp.tp_split += vocab_h;  // vocab-parallel embedding
-    largest_unit = std::max(largest_unit, vocab_h / l.tp);
+    add_group(vocab_h / l.tp, 0);
   }
   if (sp.last) {
-    sp.tp_replicated += static_cast<double>(m.hidden_size);  // final norm
+    const double final_norm = static_cast<double>(m.hidden_size);
+    sp.tp_replicated += final_norm;
+    double head = 0;
     if (!m.tie_word_embeddings || !sp.first) {
       // An untied head, or a tied one on another stage than the embedding (kept as a copy whose
       // gradient is all-reduced with the embedding's, as Megatron does).
       sp.tp_split += vocab_h;
-      largest_unit = std::max(largest_unit, vocab_h / l.tp);
+      head = vocab_h / l.tp;
     }
+    add_group(final_norm + head, 0);
   }
-  sp.largest_unit = largest_unit;
+  sp.largest_unit = largest_group;
+  sp.sharded = sharded;
   return sp;
 }
 
@@ -158,7 +172,6 @@ MemoryBreakdown Simulator::memory(const Layout& l, double* host_bytes_per_node,
   const bool fp32 = train_.precision == Precision::Fp32;
   const double working = fp32 ? 4.0 : 2.0;  // bytes of a parameter as the GEMMs read it
   const double a = activation_bytes(train_.precision);
-  const double hs = static_cast<double>(l.hs);
   const LayerActivations act = layer_activations(l);
   const double T = static_cast<double>(l.micro_batch * train_.seq_len);
   const double h = static_cast<double>(m.hidden_size);
@@ -172,7 +185,7 @@ MemoryBreakdown Simulator::memory(const Layout& l, double* host_bytes_per_node,
   for (std::int64_t stage = 0; stage < l.pp; ++stage) {
     const StageParams sp = stage_params(l, stage);
     const double local = sp.tp_split / l.tp + sp.tp_replicated + sp.experts / (l.ep * l.tp);
-    const double shard = local / hs;
+    const double shard = l.hs > 1 ? sp.sharded : local;
     MemoryBreakdown mem;
     double host = 0;  // per rank
 

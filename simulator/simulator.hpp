@@ -20,8 +20,9 @@ struct StageParams {
   double tp_replicated =
       0;               // dense parameters every tp rank holds whole (norms, routers, q/k norms)
   double experts = 0;  // routed expert parameters of the stage, before ep and tp splits
-  double largest_unit = 0;  // biggest all-gather unit (a layer, or embedding / LM head), per rank
-                            // before hs, filled per layout
+  double largest_unit = 0;  // biggest all-gather group (a layer, the embedding, the final norm
+                            // and LM head) of this rank's share, its shard units padded to hs
+  double sharded = 0;       // this rank's parameters under hs sharding (padded shards)
   std::int64_t moe_layers = 0;
   std::int64_t dense_layers = 0;
   bool first = false;  // holds the embedding

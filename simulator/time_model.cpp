@@ -114,22 +114,50 @@ StageCosts Simulator::stage_costs(const Layout& l, const Mesh& mesh, std::int64_
   const StageParams sp = stage_params(l, stage);
   const MeshLines& lines = mesh_lines(collectives_, l, mesh);
 
+  // Every op pays a fixed cost per kernel; a GEMM runs at the larger of its compute and memory
+  // times (small GEMMs, such as fine-grained experts' at few tokens each, are bound by reading
+  // their weights). fp8 GEMMs read fp8 operands and quantize their activation input first.
+  const double t0 = dev.kernel_overhead_us * 1e-6;
+  const bool fp8 = train_.precision == Precision::Fp8;
+  const double operand = fp8 ? 1.0 : a;
+  auto gemm = [&](double m, double n, double kdim) {
+    const double flops = 2.0 * m * n * kdim;
+    const double bytes = operand * (m * kdim + kdim * n) + a * m * n;
+    const double quantize = fp8 ? (a + 1.0) * m * kdim / mem_rate + t0 : 0.0;
+    return std::max(flops / gemm_rate, bytes / mem_rate) + t0 + quantize;
+  };
+  auto memory_op = [&](double bytes, double kernels) { return bytes / mem_rate + kernels * t0; };
+
   StageCosts c;
   c.layers = sp.moe_layers + sp.dense_layers;
   c.recompute = l.recompute == Recompute::Full;
   LayerCosts& lc = c.layer;
   lc.moe = sp.moe_layers > 0;
-  lc.attention = 2.0 * T * (2 * h * q + 2 * h * kv) / t / gemm_rate +
-                 4.0 * T * q * keys / t / attn_rate +
-                 8.0 * a * T * h / t / mem_rate;  // norm, RoPE and residual traffic
-  lc.router = 2.0 * T * h * E / gemm_rate + 12.0 * T * E / mem_rate;
-  lc.permute = a * T * k * h / mem_rate;  // read and write each routed row once
-  const double shared =
-      2.0 * T * 3.0 * h * static_cast<double>(m.shared_expert_intermediate_size) / t / gemm_rate;
+  // QKV and output projections, the attention core, and norm, RoPE and residual traffic (five
+  // elementwise kernels).
+  lc.attention = gemm(T, (q + 2 * kv) / t, h) + gemm(T, h, q / t) +
+                 4.0 * T * q * keys / t / attn_rate + t0 + memory_op(8.0 * a * T * h / t, 5);
+  // Norm, gate GEMM, softmax, top-k and the routing statistics (five small kernels).
+  lc.router = memory_op(2.0 * a * T * h, 1) + gemm(T, E, h) + memory_op(12.0 * T * E, 4);
+  // Dispatch (and the same again to combine): read the tokens, write each routed copy in expert
+  // order, then regroup the rows received by local expert (read and write once), with the index
+  // bookkeeping (four kernels).
+  lc.permute = memory_op(a * T * h + a * T * k * h + 2.0 * a * Tr * h, 4);
+  const double shared_f = static_cast<double>(m.shared_expert_intermediate_size);
+  const double shared = shared_f > 0 ? gemm(T, 2.0 * shared_f / t, h) + gemm(T, h, shared_f / t) +
+                                           memory_op(3.0 * a * T * shared_f / t, 1)
+                                     : 0.0;
   if (lc.moe) {
-    lc.experts = 2.0 * Tr * 3.0 * h * f / t / gemm_rate + 3.0 * a * Tr * f / t / mem_rate + shared;
+    // The busiest rank's local experts, one GEMM pair each (w1 and w3 fused, then w2), on their
+    // share of the routed rows, and the SwiGLU between.
+    const double local = E / static_cast<double>(l.ep);
+    const double rows = Tr / local;
+    lc.experts = local * (gemm(rows, 2.0 * f / t, h) + gemm(rows, h, f / t)) +
+                 memory_op(3.0 * a * Tr * f / t, 1) + shared;
   } else {
-    lc.experts = 2.0 * T * 3.0 * h * static_cast<double>(m.intermediate_size) / t / gemm_rate;
+    const double ffn = static_cast<double>(m.intermediate_size);
+    lc.experts =
+        gemm(T, 2.0 * ffn / t, h) + gemm(T, h, ffn / t) + memory_op(3.0 * a * T * ffn / t, 1);
   }
   if (lc.moe && l.ep > 1) {
     const double bytes = train_.moe.dispatcher == Dispatcher::AllToAll
@@ -149,8 +177,12 @@ StageCosts Simulator::stage_costs(const Layout& l, const Mesh& mesh, std::int64_
     lc.fsdp_gather = lines.hs_gather.seconds(unit_bytes);
     lc.fsdp_scatter = lines.hs_scatter.seconds(unit_bytes);
   }
-  if (sp.first) c.embedding = 3.0 * a * T * h / t / mem_rate;
-  if (sp.last) c.head = 3.0 * (2.0 * T * h * V / t / gemm_rate + 12.0 * T * V / t / mem_rate);
+  if (sp.first) c.embedding = 3.0 * memory_op(a * T * h / t, 1);
+  // Final norm, LM head GEMM and the fused cross-entropy, forward and backward (x3).
+  if (sp.last) {
+    c.head = 3.0 * (memory_op(2.0 * a * T * h / t, 1) + gemm(T, V / t, h) +
+                    memory_op(12.0 * T * V / t, 2));
+  }
   return c;
 }
 

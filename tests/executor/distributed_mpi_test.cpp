@@ -1,7 +1,7 @@
 // Parallel equivalence on real MPI ranks (label `mpi`): the tiny Mixtral trained 5 steps with every
-// layout of this world size that the distributed executor runs (tp = 1, hs = 1: expert parallel
-// and replicas, every distinct mesh order) gives the single-rank losses and weights. Each rank
-// trains the single-rank reference itself, so nothing has to be gathered to compare.
+// layout of this world size (tp in {1, 2}, ep, hs and rep, every distinct mesh order) gives the
+// single-rank losses and weights, and holds exactly the model state the simulator predicts. Each
+// rank trains the single-rank reference itself, so only sharded weights have to be gathered.
 // This file brings its own main, which starts MPI around the Catch session.
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
@@ -60,15 +60,17 @@ Run train(const Plan& plan, ProcessGroups* groups) {
   TrainOptions options;
   options.steps = 5;
   Trainer trainer(plan, options, groups);
-  if (plan.layout.hs == 1) {
+  {
     // The executor's model state on this rank is what the simulator's memory model predicts for
-    // it, byte for byte: both count parameters through the same layout rules.
+    // it, byte for byte: both count parameters through the same layout rules, and with hs > 1
+    // the same padded shards and the same two gather slots and two gradient slots.
     const MemoryBreakdown predicted =
         simulator::Simulator(plan.model, plan.cluster, plan.train).memory(plan.layout, nullptr);
     const Trainer::StateBytes held = trainer.state_bytes();
     CHECK(held.parameters == predicted.parameters);
     CHECK(held.gradients == predicted.gradients);
     CHECK(held.optimizer == predicted.optimizer);
+    CHECK(held.gathered_parameters == predicted.gathered_parameters);
   }
   Run run;
   trainer.run([&](const StepRecord& r) {
@@ -76,9 +78,9 @@ Run train(const Plan& plan, ProcessGroups* groups) {
     run.aux.push_back(r.aux_loss);
   });
   run.layout = std::make_unique<ParameterLayout>(trainer.layout());
+  const std::vector<float> params = trainer.whole_params();
   for (const ParamTensor& t : trainer.layout().tensors()) {
-    run.weights[t.name].assign(trainer.params().begin() + t.offset,
-                               trainer.params().begin() + t.offset + t.numel);
+    run.weights[t.name].assign(params.begin() + t.offset, params.begin() + t.offset + t.numel);
   }
   return run;
 }

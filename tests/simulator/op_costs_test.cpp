@@ -1,0 +1,70 @@
+// Per-op costs of the step-time model (Simulator::stage_costs): the fixed cost per kernel, and the
+// roofline that makes a small GEMM wait on its weights. References need no model of their own:
+// the kernels each op launches are counted by hand below, and a GEMM's time can never be less
+// than its bytes over the achievable memory bandwidth.
+#include <catch2/catch.hpp>
+
+#include "core/presets.hpp"
+#include "simulator/simulator.hpp"
+
+using namespace moetune;
+using simulator::Simulator;
+
+namespace {
+
+Simulator on(const std::string& model, double kernel_overhead_us, Precision precision,
+             std::int64_t seq = 4096) {
+  TrainSpec t;
+  t.seq_len = seq;
+  t.global_batch = 64;
+  t.precision = precision;
+  t.moe.force_balanced = true;
+  ClusterSpec c = load_cluster("dgx-h100", 1, std::nullopt);
+  c.device.kernel_overhead_us = kernel_overhead_us;
+  return Simulator(load_model(model), c, t);
+}
+
+Layout ep(std::int64_t degree) {
+  Layout l;
+  l.ep = degree;
+  l.rep = 8 / degree;
+  return l;
+}
+
+}  // namespace
+
+TEST_CASE("every kernel an op launches pays the profile's fixed cost") {
+  // Mixtral 8x7B with ep 8: one local expert on each rank.
+  const Layout l = ep(8);
+  const Mesh mesh(l, 8);
+  const auto base = on("mixtral-8x7b", 0, Precision::Bf16).stage_costs(l, mesh, 0).layer;
+  const auto more = on("mixtral-8x7b", 10, Precision::Bf16).stage_costs(l, mesh, 0).layer;
+  const double us = 1e-6;
+  // Attention: QKV and output GEMMs, the attention core, five elementwise kernels.
+  CHECK(more.attention - base.attention == Approx(8 * 10 * us).epsilon(1e-9));
+  // Router: norm, gate GEMM and four softmax / top-k / statistics kernels.
+  CHECK(more.router - base.router == Approx(6 * 10 * us).epsilon(1e-9));
+  CHECK(more.permute - base.permute == Approx(4 * 10 * us).epsilon(1e-9));
+  // Experts: two GEMMs per local expert and the SwiGLU.
+  CHECK(more.experts - base.experts == Approx(3 * 10 * us).epsilon(1e-9));
+  // Qwen3-30B-A3B with ep 8 holds 16 of its 128 experts: 33 kernels; fp8 adds a quantization
+  // kernel in front of every GEMM.
+  const auto q0 = on("qwen3-30b-a3b", 0, Precision::Fp8).stage_costs(l, mesh, 0).layer;
+  const auto q1 = on("qwen3-30b-a3b", 10, Precision::Fp8).stage_costs(l, mesh, 0).layer;
+  CHECK(q1.experts - q0.experts == Approx((16 * 4 + 1) * 10 * us).epsilon(1e-9));
+}
+
+TEST_CASE("a GEMM is never faster than reading its operands") {
+  // Qwen3-30B-A3B at a short sequence: 256 tokens x top-8 over 16 local experts is 128 rows per
+  // expert, far too few to amortise each expert's 2048 x 1536 and 768 x 2048 weights.
+  const Simulator sim = on("qwen3-30b-a3b", 0, Precision::Bf16, 256);
+  const Layout l = ep(8);
+  const auto c = sim.stage_costs(l, Mesh(l, 8), 0).layer;
+  const HardwareProfile& d = sim.cluster().device;
+  const double mem_rate = d.memory_bandwidth_GBps * 1e9 * d.memory_bound_efficiency;
+  const double weights = 16.0 * 2.0 * 3.0 * 2048.0 * 768.0;  // bf16 bytes of 16 local experts
+  const double flops = 2.0 * 3.0 * 2048.0 * 768.0 * 256.0 * 8.0 * sim.expert_load_factor(l);
+  const double compute = flops / (d.peak_flops(Precision::Bf16) * d.gemm_efficiency);
+  REQUIRE(weights / mem_rate > compute);  // the case is memory bound
+  CHECK(c.experts > weights / mem_rate);
+}
