@@ -46,9 +46,9 @@ std::string name_of(const Case& c) {
   return buf;
 }
 
-// Two models, two sequence lengths, W = 1 and 2 with ep, hs and plain replicas, micro-batches
-// and recompute: listed so that alternating runs fall into the fit and held-out halves with
-// both models and both world sizes in each.
+// Two models, two sequence lengths, W = 1 and 2 with ep, hs and plain replicas, micro-batches:
+// listed so that alternating runs fall into the fit and held-out halves with both models and both
+// world sizes in each.
 std::vector<Case> cases() {
   std::vector<Case> out;
   for (const std::string model : {"tiny", "mini"}) {
@@ -58,7 +58,8 @@ std::vector<Case> cases() {
       out.push_back({model, seq, 2, 2, 1, 4, Recompute::None});
       out.push_back({model, seq, 2, 1, 2, 4, Recompute::None});
       out.push_back({model, seq, 1, 1, 1, 2, Recompute::None});
-      out.push_back({model, seq, 1, 1, 1, 4, Recompute::Full});
+      // Not recompute: the CPU executor accepts recompute = full but does not recompute yet.
+      out.push_back({model, seq, 1, 1, 1, 4, Recompute::None});
       out.push_back({model, seq, 2, 1, 1, 2, Recompute::None});
     }
   }
