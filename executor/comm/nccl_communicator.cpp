@@ -27,13 +27,17 @@ void check_cuda_call(cudaError_t status, const char* expr, const char* file, int
 std::size_t elem_bytes(ncclDataType_t type) {
   switch (type) {
     case ncclInt8:
-    case ncclUint8: return 1;
+    case ncclUint8:
+      return 1;
     case ncclFloat16:
-    case ncclBfloat16: return 2;
+    case ncclBfloat16:
+      return 2;
     case ncclInt32:
     case ncclUint32:
-    case ncclFloat32: return 4;
-    default: return 8;
+    case ncclFloat32:
+      return 4;
+    default:
+      return 8;
   }
 }
 
@@ -125,8 +129,9 @@ template <typename T>
 void NcclCommunicator::all_to_all_impl(const T* send, std::span<const std::int64_t> send_counts,
                                        T* recv, std::span<const std::int64_t> recv_counts,
                                        ncclDataType_t type) {
-  MOETUNE_CHECK(send_counts.size() == std::size_t(size_) && recv_counts.size() == std::size_t(size_),
-                "all_to_all: one count per peer");
+  MOETUNE_CHECK(
+      send_counts.size() == std::size_t(size_) && recv_counts.size() == std::size_t(size_),
+      "all_to_all: one count per peer");
   COMM_CUDA_CHECK(cudaEventRecord(start_, stream_));
   std::int64_t so = 0, ro = 0, sent = 0;
   NCCL_CHECK(ncclGroupStart());
