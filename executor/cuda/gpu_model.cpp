@@ -2,6 +2,8 @@
 // tokens, D hidden, Q = Hq*Dh, KV = Hkv*Dh, E experts, K per token, F expert FFN width, V vocab.
 #include "executor/cuda/gpu_model.hpp"
 
+#include <curand.h>
+
 #include <cmath>
 #include <string>
 
@@ -168,6 +170,34 @@ void GpuMixtral::set_parameters(const std::vector<float>& host) {
   MOETUNE_CHECK(std::int64_t(host.size()) == layout_.numel(), "set_parameters: wrong size");
   CUDA_CHECK(cudaMemcpyAsync(master_.get(), host.data(), master_.bytes(), cudaMemcpyHostToDevice,
                              stream_));
+  kc::cast_float_to_bf16(working_.get(), master_.get(), master_.size(), stream_);
+  CUDA_CHECK(cudaMemsetAsync(adam_m_.get(), 0, adam_m_.bytes(), stream_));
+  CUDA_CHECK(cudaMemsetAsync(adam_v_.get(), 0, adam_v_.bytes(), stream_));
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void GpuMixtral::initialise_random(std::uint64_t seed, double std) {
+  curandGenerator_t gen = nullptr;
+  auto check = [](curandStatus_t st, const char* what) {
+    kc::check_sizes(st == CURAND_STATUS_SUCCESS, what, "cuRAND error " + std::to_string(int(st)));
+  };
+  check(curandCreateGenerator(&gen, CURAND_RNG_PSEUDO_PHILOX4_32_10), "curandCreateGenerator");
+  check(curandSetStream(gen, stream_), "curandSetStream");
+  check(curandSetPseudoRandomGeneratorSeed(gen, seed), "curandSetPseudoRandomGeneratorSeed");
+  // cuRAND's normal generator fills an even count; an odd last element starts at 0.
+  const std::int64_t even = master_.size() / 2 * 2;
+  CUDA_CHECK(cudaMemsetAsync(master_.get(), 0, master_.bytes(), stream_));
+  check(curandGenerateNormal(gen, master_.get(), std::size_t(even), 0.f, float(std)),
+        "curandGenerateNormal");
+  for (const ParamTensor& t : layout_.tensors()) {
+    if (!t.is_norm) continue;
+    const std::vector<float> ones(std::size_t(t.numel), 1.f);
+    CUDA_CHECK(cudaMemcpyAsync(master_.get() + t.offset, ones.data(), sizeof(float) * ones.size(),
+                               cudaMemcpyHostToDevice, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));  // `ones` is pageable and goes out of scope
+  }
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  curandDestroyGenerator(gen);
   kc::cast_float_to_bf16(working_.get(), master_.get(), master_.size(), stream_);
   CUDA_CHECK(cudaMemsetAsync(adam_m_.get(), 0, adam_m_.bytes(), stream_));
   CUDA_CHECK(cudaMemsetAsync(adam_v_.get(), 0, adam_v_.bytes(), stream_));

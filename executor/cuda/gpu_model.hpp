@@ -43,6 +43,10 @@ class GpuMixtral {
 
   // fp32 master <- host[layout().numel()], and the bf16 working copy from it; Adam state zeroed.
   void set_parameters(const std::vector<float>& host);
+  // Initialisation on the device for models too large to initialise on the host quickly: norm
+  // weights 1, everything else normal(0, std) from cuRAND's Philox generator (not the CPU
+  // trainer's xoshiro values); Adam state zeroed.
+  void initialise_random(std::uint64_t seed, double std = 0.02);
   std::vector<float> parameters() const;  // the fp32 master
   std::vector<float> gradients() const;   // the fp32 accumulators
   void zero_gradients();

@@ -41,6 +41,8 @@ GpuTrainer::GpuTrainer(const Plan& plan, GpuTrainOptions options, const std::vec
   timer_ = std::make_unique<EventTimer>(stream_);
   if (initial != nullptr) {
     model_->set_parameters(*initial);
+  } else if (options_.device_init) {
+    model_->initialise_random(plan_.train.seed);
   } else {
     std::vector<float> params(std::size_t(model_->layout().numel()));
     initialise_parameters(model_->layout(), params.data(), plan_.train.seed);

@@ -21,6 +21,9 @@ struct GpuTrainOptions {
   std::function<void(std::int64_t step, std::int64_t micro, std::int32_t* ids,
                      std::int32_t* targets)>
       batch_source;
+  // Initialise on the device (GpuMixtral::initialise_random) instead of the CPU trainer's seeded
+  // host initialisation: for models of billions of parameters.
+  bool device_init = false;
 };
 
 // Refuses what the one-GPU backend cannot run, with the reason: a world size above 1, pp > 1, a
@@ -30,7 +33,8 @@ void check_runnable_on_gpu(const Plan& plan);
 class GpuTrainer {
  public:
   // Starts from `initial` parameters (layout().numel() floats) when given, else the same seeded
-  // initialisation as the CPU trainer (initialise_parameters with plan.train.seed).
+  // initialisation as the CPU trainer (initialise_parameters with plan.train.seed), or cuRAND's
+  // with options.device_init.
   GpuTrainer(const Plan& plan, GpuTrainOptions options,
              const std::vector<float>* initial = nullptr);
   ~GpuTrainer();
