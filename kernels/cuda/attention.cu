@@ -91,10 +91,12 @@ void run_batched(Blas& blas, bool ta, bool tb, std::int64_t m, std::int64_t n, s
     pointers_kernel<<<grid_for(count, 128, std::int64_t{1} << 30), 128, 0, blas.stream()>>>(
         set, set + count, set + 2 * count, a, b, c, count, hq);
     CUDA_CHECK_LAUNCH();
-    blas.gemm_batched(ta, tb, m, n, k, alpha, reinterpret_cast<const bf16* const*>(set), lda,
-                      reinterpret_cast<const bf16* const*>(set + count), ldb, beta,
-                      const_cast<void**>(set + 2 * count), c_type, ldc, count);
-    return;
+    if (blas.gemm_batched(ta, tb, m, n, k, alpha, reinterpret_cast<const bf16* const*>(set), lda,
+                          reinterpret_cast<const bf16* const*>(set + count), ldb, beta,
+                          const_cast<void**>(set + 2 * count), c_type, ldc, count)) {
+      return;
+    }
+    // cuBLAS refused the batched call: the same GEMMs one by one below.
   }
   for (std::int64_t i = 0; i < count; i++) {
     blas.gemm(ta, tb, m, n, k, alpha, reinterpret_cast<const bf16*>(item(a, i, hq)), lda,

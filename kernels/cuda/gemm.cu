@@ -169,19 +169,22 @@ void Blas::gemm_ex(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, s
                             cuda_type(c_type), int(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-void Blas::gemm_batched(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
+bool Blas::gemm_batched(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
                         float alpha, const bf16* const* a, std::int64_t lda, const bf16* const* b,
                         std::int64_t ldb, float beta, void* const* c, DType c_type,
                         std::int64_t ldc, std::int64_t count) {
   check_gemm(trans_a, trans_b, m, n, k, lda, ldb, ldc, "gemm_batched");
   check_sizes(count >= 0 && count <= 2147483647, "gemm_batched", "bad batch count");
   check_sizes(k > 0, "gemm_batched", "k must be > 0");
-  if (m == 0 || n == 0 || count == 0) return;
-  CUBLAS_CHECK(cublasGemmBatchedEx(handle_, op(trans_b), op(trans_a), int(n), int(m), int(k),
-                                   &alpha, reinterpret_cast<const void* const*>(b), CUDA_R_16BF,
-                                   int(ldb), reinterpret_cast<const void* const*>(a), CUDA_R_16BF,
-                                   int(lda), &beta, c, cuda_type(c_type), int(ldc), int(count),
-                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  if (m == 0 || n == 0 || count == 0) return true;
+  const cublasStatus_t s = cublasGemmBatchedEx(
+      handle_, op(trans_b), op(trans_a), int(n), int(m), int(k), &alpha,
+      reinterpret_cast<const void* const*>(b), CUDA_R_16BF, int(ldb),
+      reinterpret_cast<const void* const*>(a), CUDA_R_16BF, int(lda), &beta, c, cuda_type(c_type),
+      int(ldc), int(count), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  if (refused(s)) return false;
+  CUBLAS_CHECK(s);
+  return true;
 }
 
 void Blas::ensure_grouped_capacity(std::size_t problems) {

@@ -48,8 +48,10 @@ class Blas {
             const bf16* a, std::int64_t lda, const bf16* b, std::int64_t ldb, float beta, void* c,
             DType c_type, std::int64_t ldc);
 
-  // `count` GEMMs of one shape; a, b, c are DEVICE arrays of `count` pointers.
-  void gemm_batched(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
+  // `count` GEMMs of one shape; a, b, c are DEVICE arrays of `count` pointers. Returns false,
+  // having done nothing, where cuBLAS does not offer this batched call (types, GPU): the caller
+  // then runs the GEMMs one by one.
+  bool gemm_batched(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
                     float alpha, const bf16* const* a, std::int64_t lda, const bf16* const* b,
                     std::int64_t ldb, float beta, void* const* c, DType c_type, std::int64_t ldc,
                     std::int64_t count);
