@@ -221,12 +221,13 @@ TEST_CASE("200 GPU steps track the CPU trainer's loss curve", "[gpu][curve]") {
     return std::accumulate(v.begin() + long(from), v.begin() + long(to), 0.0) / double(to - from);
   };
   // Both learn (the corpus is a Markov chain well below log V), and by the same amount: the
-  // windowed means agree to within a few percent all along the curve (bf16 noise, not drift).
+  // windowed means agree within 8% all along the curve. bf16 forward noise moves a 20-step mean by
+  // a few percent; a wrong gradient term stalls or diverges the curve (tens of percent).
   CHECK(mean(gpu_loss, 180, 200) < 0.8 * mean(gpu_loss, 0, 10));
   for (std::size_t w = 0; w < 200; w += 20) {
     INFO("steps " << w << ".." << w + 20 << ": cpu " << mean(cpu_loss, w, w + 20) << " gpu "
                   << mean(gpu_loss, w, w + 20));
-    CHECK(relative(mean(gpu_loss, w, w + 20), mean(cpu_loss, w, w + 20)) < 5e-2);
+    CHECK(relative(mean(gpu_loss, w, w + 20), mean(cpu_loss, w, w + 20)) < 8e-2);
   }
 }
 
