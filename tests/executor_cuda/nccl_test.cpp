@@ -17,6 +17,8 @@ T* device_copy(const std::vector<T>& host) {
   REQUIRE(cudaMalloc(&p, host.size() * sizeof(T)) == cudaSuccess);
   REQUIRE(cudaMemcpy(p, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice) ==
           cudaSuccess);
+  // The communicator's stream does not wait for the legacy stream: finish the copy first.
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   return p;
 }
 
