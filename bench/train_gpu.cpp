@@ -8,10 +8,17 @@
 // Usage: train_gpu [--layers L] [--hidden D] [--ffn F] [--heads H] [--kv-heads H] [--head-dim Dh]
 //                  [--experts E] [--topk K] [--vocab V] [--seq S] [--micro-batch B] [--accum A]
 //                  [--steps N] [--warmup W] [--memory-fraction X] [--model-json PATH]
+//                  [--metrics run.jsonl]
+// --metrics writes run.jsonl (header + one StepRecord per step, CUDA-event phase times) as the
+// CPU trainer does, for calibration.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -94,7 +101,7 @@ int main(int argc, char** argv) try {
   std::int64_t experts = 8, topk = 2, vocab = 32000, seq = 2048, micro = 2, accum = 4;
   std::int64_t steps = 4, warmup = 2;
   double fraction = 0.85;
-  std::string model_json;
+  std::string model_json, metrics;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     std::int64_t* target = nullptr;
@@ -132,6 +139,8 @@ int main(int argc, char** argv) try {
       fraction = std::atof(value.c_str());
     } else if (flag == "--model-json") {
       model_json = value;
+    } else if (flag == "--metrics") {
+      metrics = value;
     } else {
       std::fprintf(stderr, "train_gpu: unknown flag %s\n", flag.c_str());
       return 2;
@@ -176,6 +185,16 @@ int main(int argc, char** argv) try {
   options.steps = warmup + steps;
   options.device_init = true;
   executor::gpu::GpuTrainer trainer(plan, options);
+  std::unique_ptr<RunLogWriter> log;
+  if (!metrics.empty()) {
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    char started[32] = {};
+    const std::time_t now = std::time(nullptr);
+    std::strftime(started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+    const RunHeader header{plan, host, "cuda", 0, 1, 1, started};
+    log = std::make_unique<RunLogWriter>(metrics, header, false);
+  }
   std::vector<double> step_s;
   std::map<std::string, double> phases;
   double loss = 0;
@@ -188,6 +207,7 @@ int main(int argc, char** argv) try {
         phases[k] += v / double(steps);
     }
     loss = r.loss;
+    if (log) log->write(r);
   });
   const double step_median = median(step_s);
   const double tokens = double(plan.train.tokens_per_step());
