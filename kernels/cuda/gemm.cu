@@ -157,8 +157,15 @@ void Blas::gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std:
     gemm_ex(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, c_type, ldc);
     return;
   }
-  CUBLAS_CHECK(cublasLtMatmul(lt_, p.desc, &alpha, b, p.a, a, p.b, &beta, c, p.c, c, p.c, &p.algo,
-                              workspace_, workspace_bytes_, stream_));
+  const cublasStatus_t s = cublasLtMatmul(lt_, p.desc, &alpha, b, p.a, a, p.b, &beta, c, p.c, c,
+                                          p.c, &p.algo, workspace_, workspace_bytes_, stream_);
+  if (refused(s)) {
+    // The heuristic's algorithm turned the call down after all: cublasGemmEx for this shape.
+    p.has_algo = false;
+    gemm_ex(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, c_type, ldc);
+    return;
+  }
+  CUBLAS_CHECK(s);
 }
 
 void Blas::gemm_ex(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
