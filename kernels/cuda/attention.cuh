@@ -1,8 +1,8 @@
 // Causal grouped-query attention on the GPU (CUDA twin of kernels/cpu/attention.hpp). This is the
 // correct-first version: per (batch, query head), the scores come from a batched cuBLAS GEMM into
 // fp32, a masked softmax writes bf16 probabilities (kept for the backward, [B,Hq,S,S]), and a
-// second batched GEMM multiplies by V. It materialises S x S scores; a fused flash-style kernel is
-// the planned successor (not written yet).
+// second batched GEMM multiplies by V. It materialises S x S scores; flash_attention.cuh has a
+// fused version that does not (correct, but not yet fast: no tensor cores).
 #pragma once
 
 #include "kernels/cuda/common.cuh"

@@ -1,11 +1,13 @@
-// Attention (batched-GEMM version) against the CPU twin: GQA, causal, with and without a sliding
-// window, an odd head size (per-item GEMMs) and an aligned one (device pointer arrays).
+// Attention against the CPU twin, both the batched-GEMM version and the fused (flash-style) one:
+// GQA, causal, with and without a sliding window, an odd head size (per-item GEMMs) and an
+// aligned one (device pointer arrays).
 #include <cstdint>
 #include <random>
 #include <vector>
 
 #include "kernels/cpu/attention.hpp"
 #include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/flash_attention.cuh"
 #include "support.hpp"
 
 namespace {
@@ -62,6 +64,21 @@ TEST_CASE("attention forward and backward match the CPU twin", "[cuda][attention
     CHECK(normalized_error(download_bf16(gdv), dv) < kFewRoundings);
     CHECK(normalized_error(download_bf16(gdq), dq) < kFewRoundings);
     CHECK(normalized_error(download_bf16(gdk), dk) < kFewRoundings);
+
+    // The fused kernel: probabilities stay in fp32, so one rounding at the output; the backward
+    // accumulates in fp32 from D = dout . out (out in bf16), so one rounding plus that of D.
+    DeviceBuffer<float> lse(static_cast<std::size_t>(sh.b * sh.hq * sh.s));
+    DeviceBuffer<char> flash_scratch(gpu::flash_attention_scratch_bytes(sh.b, sh.s, sh.hkv, sh.dh));
+    gpu::flash_attention_forward(gout.get(), lse.get(), gq.get(), gk.get(), gv.get(), sh.b, sh.s,
+                                 sh.hq, sh.hkv, sh.dh, sh.window, stream);
+    gpu::flash_attention_backward(gdq.get(), gdk.get(), gdv.get(), gdout.get(), gq.get(), gk.get(),
+                                  gv.get(), gout.get(), lse.get(), sh.b, sh.s, sh.hq, sh.hkv, sh.dh,
+                                  sh.window, flash_scratch.get(), stream);
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    CHECK(normalized_error(download_bf16(gout), out) < kOneRounding);
+    CHECK(normalized_error(download_bf16(gdv), dv) < 2 * kOneRounding);
+    CHECK(normalized_error(download_bf16(gdq), dq) < 2 * kOneRounding);
+    CHECK(normalized_error(download_bf16(gdk), dk) < 2 * kOneRounding);
   }
   CUDA_CHECK(cudaStreamDestroy(stream));
 }
