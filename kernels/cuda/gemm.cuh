@@ -3,7 +3,7 @@
 // alignment, cublasGemmEx where Lt offers none); batched GEMMs over device pointer arrays through
 // cublasGemmBatchedEx (attention heads); grouped GEMMs (one problem per local expert, different
 // row counts) through cublasGemmGroupedBatchedEx, falling back to one cublasGemmEx per problem
-// where this cuBLAS or GPU refuses the grouped call.
+// where this cuBLAS or GPU refuses the grouped call or an operand is not 16-byte aligned.
 #pragma once
 
 #include <cublasLt.h>
