@@ -11,6 +11,9 @@ DeviceAllocator::DeviceAllocator(cudaStream_t stream) : stream_(stream) {
   CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool_, device));
   std::uint64_t keep = std::numeric_limits<std::uint64_t>::max();
   CUDA_CHECK(cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrReleaseThreshold, &keep));
+  // The high-water mark counts from this allocator's start (setting it to 0 resets it).
+  std::uint64_t zero = 0;
+  CUDA_CHECK(cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrReservedMemHigh, &zero));
 }
 
 void* DeviceAllocator::allocate(std::size_t bytes) {
