@@ -272,9 +272,6 @@ void Scheduler::account(const StepGraph& graph) {
     }
     result_.labels[node.label].overlapped_s += std::min(overlapped, node.duration_s);
   }
-  for (LabelTime& label : result_.labels)
-    label.exposed_s = label.comm_s - label.overlapped_s;
-
   // |comm union| - |comm union ∩ compute union|, by a sweep over the two sorted unions.
   double exposed = 0;
   std::size_t c = 0;
@@ -289,6 +286,20 @@ void Scheduler::account(const StepGraph& graph) {
     exposed += std::max(0.0, (m.end_s - m.begin_s) - covered);
   }
   result_.exposed_comm_s = exposed;
+
+  // Each label's exposed time is its comm time outside compute. Two comm streams can both wait
+  // out the same idle compute, so those per-op figures may add up to more than the exposed union;
+  // the union is what the step loses, so it is shared among the labels in proportion to their own
+  // exposure, and the rest of each label's time counts as hidden. Phases then add up to the
+  // makespan.
+  double per_op_exposed = 0;
+  for (const LabelTime& label : result_.labels)
+    per_op_exposed += label.comm_s - label.overlapped_s;
+  const double share = per_op_exposed > exposed ? exposed / per_op_exposed : 1.0;
+  for (LabelTime& label : result_.labels) {
+    label.exposed_s = (label.comm_s - label.overlapped_s) * share;
+    label.overlapped_s = label.comm_s - label.exposed_s;
+  }
 }
 
 void Scheduler::trace_critical_path() {

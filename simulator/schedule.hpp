@@ -101,13 +101,14 @@ class StepGraph {
 };
 
 // Time per phase label (indexed by LabelId). For ops on Comm resources, comm_s splits into
-// overlapped_s (a compute resource was busy at the same time) and exposed_s.
+// exposed_s, the label's share of the time communication adds to the step (exposed_comm_s), and
+// overlapped_s, the rest (hidden behind compute, or behind another comm op already exposed).
 struct LabelTime {
   std::uint32_t op_count = 0;
   double total_s = 0;  // sum of the label's op durations
   double comm_s = 0;   // the part of total_s on Comm resources
   double overlapped_s = 0;
-  double exposed_s = 0;  // comm_s - overlapped_s
+  double exposed_s = 0;  // comm_s - overlapped_s; the labels' sum is exposed_comm_s
 };
 
 // Why an op started when it did: a predecessor's end, the previous op on its resource, or t = 0.
@@ -120,7 +121,7 @@ struct Schedule {
   std::vector<double> resource_busy_s;  // [resource] sum of durations run there
   std::vector<LabelTime> labels;        // [label]
   // Wall time during which some Comm resource ran and no Compute resource did: the step time that
-  // communication adds (labels' exposed_s can double count concurrent comm ops).
+  // communication adds, shared among the labels' exposed_s.
   double exposed_comm_s = 0;
   // Ops from t = 0 to the last-finishing op, each starting when the one before it ended; their
   // durations sum to the makespan.

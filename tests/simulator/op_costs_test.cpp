@@ -4,6 +4,7 @@
 // than its bytes over the achievable memory bandwidth.
 #include <catch2/catch.hpp>
 
+#include "core/constraints.hpp"
 #include "core/presets.hpp"
 #include "simulator/simulator.hpp"
 
@@ -67,4 +68,37 @@ TEST_CASE("a GEMM is never faster than reading its operands") {
   const double compute = flops / (d.peak_flops(Precision::Bf16) * d.gemm_efficiency);
   REQUIRE(weights / mem_rate > compute);  // the case is memory bound
   CHECK(c.experts > weights / mem_rate);
+}
+
+TEST_CASE("a prediction's phases add up to its step time") {
+  // The step is the micro-batches' schedule (compute plus the communication it exposes), the
+  // gradient all-reduce, the pipeline bubble, the optimizer and offload traffic; the phases name
+  // every part once, whatever overlaps what.
+  TrainSpec t;
+  t.seq_len = 4096;
+  t.global_batch = 256;
+  const Simulator sim(load_model("mixtral-8x7b"), load_cluster("p4d.24xlarge", 2, std::nullopt), t);
+  auto layout = [](std::int64_t tp, std::int64_t pp, std::int64_t ep, std::int64_t hs, bool offload,
+                   Recompute recompute) {
+    Layout l;
+    l.tp = tp;
+    l.pp = pp;
+    l.ep = ep;
+    l.hs = hs;
+    l.rep = 16 / (tp * pp * ep * hs);
+    l.optimizer_offload = offload;
+    l.recompute = recompute;
+    l.order = parse_order("tp,ep,hs,pp,rep");
+    return l;
+  };
+  for (const Layout& l :
+       {layout(2, 2, 2, 2, true, Recompute::None), layout(1, 1, 8, 2, false, Recompute::Full),
+        layout(2, 1, 2, 4, false, Recompute::None), layout(1, 2, 4, 1, false, Recompute::None)}) {
+    INFO(describe(l));
+    const TimeBreakdown b = sim.predict(l).time;
+    const double phases = b.attention + b.router + b.dispatch + b.experts + b.combine + b.lm_head +
+                          b.recompute + b.all_gather + b.reduce_scatter + b.all_reduce +
+                          b.pipeline + b.optimizer + b.offload;
+    CHECK(phases == Approx(b.step).epsilon(1e-9));
+  }
 }
