@@ -313,8 +313,9 @@ void run(const ProfileOptions& o) {
 #endif
   if (o.backend == "cuda") {
     throw InputError(
-        "--backend cuda: this moetune has no CUDA backend built in; profile the CPU "
-        "with --backend cpu, or build with the CUDA backend on a GPU machine");
+        "--backend cuda is not built yet: the CUDA backend's micro-benchmarks (cuBLAS GEMM, "
+        "NCCL collectives) are not wired into profile; profile the CPU with --backend cpu, or "
+        "calibrate a GPU cluster profile from its run.jsonl files");
   }
   ClusterSpec cluster = load_cluster(o.base, std::nullopt, std::nullopt);
   if (cluster.device.kind != DeviceKind::Cpu) {

@@ -108,8 +108,10 @@ void run(const TuneOptions& o) {
         std::to_string(setup.cluster.nodes) + " nodes");
   }
   if (setup.cluster.device.kind != DeviceKind::Cpu) {
-    throw InputError("tune runs trials with the CPU executor here; " + setup.cluster.name +
-                     " is a GPU cluster (no CUDA backend is built into this moetune)");
+    throw InputError(
+        "tune runs its trials through moetune train, which trains on CPU ranks only "
+        "so far; " +
+        setup.cluster.name + " is a GPU cluster (try cpu-local)");
   }
   fs::create_directories(fs::path(o.out) / "trials");
   planner::SearchOptions search;
