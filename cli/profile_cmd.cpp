@@ -39,7 +39,7 @@ struct ProfileOptions {
   std::string backend = "cpu";
   std::string base = "cpu-local";
   std::string out;
-  std::int64_t ranks = 2;
+  std::vector<std::int64_t> ranks = {2};  // group sizes timed, one mpirun each
   bool skip_collectives = false;
   std::string collectives_worker;  // internal: run the collective timings as an MPI rank
 };
@@ -169,6 +169,7 @@ double profile_kernel_overhead() {
 }
 
 struct CollectivePoint {
+  std::int64_t ranks = 2;  // group size
   std::string kind;
   double bytes = 0;  // nccl-tests size convention
   double seconds = 0;
@@ -242,8 +243,8 @@ std::vector<CollectivePoint> profile_collectives(std::int64_t ranks) {
   fs::remove(tmp);
   std::vector<CollectivePoint> out;
   for (const Json& e : j["results"]) {
-    out.push_back(
-        {e["kind"].get<std::string>(), e["bytes"].get<double>(), e["seconds"].get<double>()});
+    out.push_back({ranks, e["kind"].get<std::string>(), e["bytes"].get<double>(),
+                   e["seconds"].get<double>()});
   }
   return out;
 }
@@ -256,8 +257,8 @@ simulator::Collective collective_of(const std::string& kind) {
 }
 
 // The simulator's time for one measured collective on `cluster`: the ranks form one group.
-double predicted_collective(const ClusterSpec& cluster, std::int64_t ranks,
-                            const CollectivePoint& p) {
+double predicted_collective(const ClusterSpec& cluster, const CollectivePoint& p) {
+  const std::int64_t ranks = p.ranks;
   ClusterSpec c = cluster;
   c.nodes = 1;
   c.devices_per_node = ranks;
@@ -278,8 +279,7 @@ double predicted_collective(const ClusterSpec& cluster, std::int64_t ranks,
 
 // The simulator's collective times are latency x a + bytes x b / bandwidth: linear in latency and
 // in 1 / bandwidth. Least squares on the relative error gives both.
-void fit_intra_node(ClusterSpec& cluster, std::int64_t ranks,
-                    const std::vector<CollectivePoint>& points) {
+void fit_intra_node(ClusterSpec& cluster, const std::vector<CollectivePoint>& points) {
   ClusterSpec unit_latency = cluster, unit_bandwidth = cluster;
   unit_latency.intra_node.latency_us = 1.0;
   unit_latency.intra_node.bandwidth_GBps = 1e9;  // bytes cost ~nothing
@@ -287,8 +287,8 @@ void fit_intra_node(ClusterSpec& cluster, std::int64_t ranks,
   unit_bandwidth.intra_node.bandwidth_GBps = 1.0;
   double s11 = 0, s12 = 0, s22 = 0, r1 = 0, r2 = 0;
   for (const CollectivePoint& p : points) {
-    const double a = predicted_collective(unit_latency, ranks, p) / p.seconds;
-    const double b = predicted_collective(unit_bandwidth, ranks, p) / p.seconds;
+    const double a = predicted_collective(unit_latency, p) / p.seconds;
+    const double b = predicted_collective(unit_bandwidth, p) / p.seconds;
     s11 += a * a;
     s12 += a * b;
     s22 += b * b;
@@ -389,21 +389,27 @@ void run(const ProfileOptions& o) {
   std::printf("kernel overhead: %.2f us per call\n", d.kernel_overhead_us);
 
   if (!o.skip_collectives) {
-    const std::vector<CollectivePoint> points = profile_collectives(o.ranks);
-    fit_intra_node(cluster, o.ranks, points);
-    std::printf("\ncollectives over %lld MPI ranks (size: nccl-tests convention):\n",
-                static_cast<long long>(o.ranks));
-    std::printf("  %-15s %10s %12s %12s\n", "collective", "bytes", "measured us", "fitted us");
+    std::vector<CollectivePoint> points;
+    std::string sizes;
+    for (std::int64_t n : o.ranks) {
+      const std::vector<CollectivePoint> some = profile_collectives(n);
+      points.insert(points.end(), some.begin(), some.end());
+      sizes += (sizes.empty() ? "" : ", ") + std::to_string(n);
+    }
+    fit_intra_node(cluster, points);
+    std::printf("\ncollectives over MPI ranks of this machine (size: nccl-tests convention):\n");
+    std::printf("  %5s %-15s %10s %12s %12s\n", "ranks", "collective", "bytes", "measured us",
+                "fitted us");
     for (const CollectivePoint& p : points) {
-      std::printf("  %-15s %10.0f %12.1f %12.1f\n", p.kind.c_str(), p.bytes, p.seconds * 1e6,
-                  predicted_collective(cluster, o.ranks, p) * 1e6);
+      std::printf("  %5lld %-15s %10.0f %12.1f %12.1f\n", static_cast<long long>(p.ranks),
+                  p.kind.c_str(), p.bytes, p.seconds * 1e6, predicted_collective(cluster, p) * 1e6);
     }
     std::printf("fitted intra-node latency %.2f us, bandwidth %.2f GB/s\n",
                 cluster.intra_node.latency_us, cluster.intra_node.bandwidth_GBps);
     const std::string how = where +
                             ": fitted to all-gather, reduce-scatter, all-reduce and "
                             "all-to-all over " +
-                            std::to_string(o.ranks) + " MPI ranks, 4 KiB to 16 MiB";
+                            sizes + " MPI ranks, 4 KiB to 16 MiB";
     cluster.sources["intra_node.latency_us"] = how;
     cluster.sources["intra_node.bandwidth_GBps"] = how;
   }
@@ -428,7 +434,10 @@ void register_profile(CLI::App& app) {
   cmd->add_option("--base", o->base, "cluster profile whose figures are replaced")
       ->capture_default_str();
   cmd->add_option("--out", o->out, "write the measured cluster profile (JSON) here");
-  cmd->add_option("--ranks", o->ranks, "MPI ranks for the collective timings")
+  cmd->add_option("--ranks", o->ranks,
+                  "group sizes for the collective timings, e.g. 2,4 (ranks beyond the cores are "
+                  "oversubscribed)")
+      ->delimiter(',')
       ->check(CLI::Range(std::int64_t{2}, std::int64_t{64}))
       ->capture_default_str();
   cmd->add_flag("--skip-collectives", o->skip_collectives, "do not run the MPI timings");
