@@ -331,10 +331,9 @@ void run(const TuneOptions& o) {
     Json params = Json::array();
     for (const auto& p : fit->parameters) {
       if (!p.identified) continue;
-      params.push_back({{"name", p.name},
-                        {"initial", p.initial},
-                        {"value", p.value},
-                        {"stderr", std::isfinite(p.stderr_value) ? p.stderr_value : 0.0}});
+      Json row = {{"name", p.name}, {"initial", p.initial}, {"value", p.value}};
+      if (std::isfinite(p.stderr_value)) row["stderr"] = p.stderr_value;  // absent: no dof left
+      params.push_back(row);
     }
     report["calibration"] = params;
     if (fit->expert_skew) report["expert_skew"] = *fit->expert_skew;

@@ -87,7 +87,9 @@ Json sources_json(const std::map<std::string, std::string>& sources) {
 Json calibration_json(const CalibrationRecord& c) {
   Json params = Json::array();
   for (const CalibratedValue& v : c.parameters) {
-    params.push_back({{"name", v.name}, {"value", v.value}, {"stderr", v.stderr_value}});
+    Json p = {{"name", v.name}, {"value", v.value}};
+    if (v.stderr_value) p["stderr"] = *v.stderr_value;
+    params.push_back(p);
   }
   Json j;
   j["parameters"] = params;
@@ -108,7 +110,7 @@ CalibrationRecord read_calibration(JsonObjectReader r) {
     CalibratedValue v;
     v.name = p.get_string("name");
     v.value = p.get_double("value", -1e300, 1e300);
-    v.stderr_value = p.get_double("stderr", 0, 1e300);
+    if (p.has("stderr")) v.stderr_value = p.get_double("stderr", 0, 1e300);
     p.finish();
     c.parameters.push_back(v);
   }

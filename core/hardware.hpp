@@ -76,7 +76,8 @@ struct HostSpec {
 struct CalibratedValue {
   std::string name;  // registry name, e.g. "device.gemm_efficiency"
   double value = 0;
-  double stderr_value = 0;  // one standard error, same unit as value
+  // One standard error, same unit as value; absent when the runs left no degrees of freedom.
+  std::optional<double> stderr_value;
   bool operator==(const CalibratedValue&) const = default;
 };
 

@@ -364,8 +364,9 @@ FitResult calibrate(const ClusterSpec& base_in, const std::vector<Measurement>& 
     record.runs.push_back(m.source);  // as given: several runs may share a file name
   for (const FittedParameter& fp : result.parameters) {
     if (!fp.identified) continue;
-    record.parameters.push_back(
-        {fp.name, fp.value, std::isfinite(fp.stderr_value) ? fp.stderr_value : 0.0});
+    std::optional<double> se;
+    if (std::isfinite(fp.stderr_value)) se = fp.stderr_value;
+    record.parameters.push_back({fp.name, fp.value, se});
   }
   record.step_time_error_before = median_step_time_error(base, runs);
   result.profile.calibration = record;

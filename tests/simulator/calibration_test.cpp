@@ -220,7 +220,7 @@ TEST_CASE("a calibrated cluster profile round-trips through JSON and stays stric
           "[calibration]") {
   ClusterSpec c = load_cluster("cpu-local", 1, 2);
   CalibrationRecord rec;
-  rec.parameters = {{"device.gemm_efficiency", 0.3, 0.01}};
+  rec.parameters = {{"device.gemm_efficiency", 0.3, 0.01}, {"intra_node.latency_us", 4.0, {}}};
   rec.runs = {"a.jsonl", "b.jsonl"};
   rec.expert_skew = 0.25;
   rec.date = "2026-01-01T00:00:00Z";
