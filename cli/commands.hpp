@@ -13,5 +13,8 @@ void register_info(CLI::App& app);
 void register_train(CLI::App& app);
 void register_data(CLI::App& app);
 void register_launch(CLI::App& app);
+void register_calibrate(CLI::App& app);
+void register_profile(CLI::App& app);
+void register_tune(CLI::App& app);
 
 }  // namespace moetune::cli

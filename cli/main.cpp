@@ -18,6 +18,9 @@ int main(int argc, char** argv) {
   moetune::cli::register_train(app);
   moetune::cli::register_data(app);
   moetune::cli::register_launch(app);
+  moetune::cli::register_calibrate(app);
+  moetune::cli::register_profile(app);
+  moetune::cli::register_tune(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -84,6 +84,48 @@ Json sources_json(const std::map<std::string, std::string>& sources) {
   return j;
 }
 
+Json calibration_json(const CalibrationRecord& c) {
+  Json params = Json::array();
+  for (const CalibratedValue& v : c.parameters) {
+    params.push_back({{"name", v.name}, {"value", v.value}, {"stderr", v.stderr_value}});
+  }
+  Json j;
+  j["parameters"] = params;
+  j["runs"] = c.runs;
+  if (c.expert_skew) j["expert_skew"] = *c.expert_skew;
+  j["date"] = c.date;
+  j["step_time_error_before"] = c.step_time_error_before;
+  j["step_time_error_after"] = c.step_time_error_after;
+  return j;
+}
+
+CalibrationRecord read_calibration(JsonObjectReader r) {
+  CalibrationRecord c;
+  const Json& params = r.get_raw("parameters");
+  if (!params.is_array()) r.fail("parameters", "expected a list of {name, value, stderr}");
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    JsonObjectReader p(params[i], r.path() + ".parameters[" + std::to_string(i) + "]");
+    CalibratedValue v;
+    v.name = p.get_string("name");
+    v.value = p.get_double("value", -1e300, 1e300);
+    v.stderr_value = p.get_double("stderr", 0, 1e300);
+    p.finish();
+    c.parameters.push_back(v);
+  }
+  const Json& runs = r.get_raw("runs");
+  if (!runs.is_array()) r.fail("runs", "expected a list of file names");
+  for (const Json& run : runs) {
+    if (!run.is_string()) r.fail("runs", "expected a list of file names");
+    c.runs.push_back(run.get<std::string>());
+  }
+  if (r.has("expert_skew")) c.expert_skew = r.get_double("expert_skew", 0, 100);
+  c.date = r.get_string("date");
+  c.step_time_error_before = r.get_double("step_time_error_before", 0, 1e9);
+  c.step_time_error_after = r.get_double("step_time_error_after", 0, 1e9);
+  r.finish();
+  return c;
+}
+
 }  // namespace
 
 Json to_json(const HardwareProfile& p) {
@@ -152,6 +194,7 @@ Json to_json(const ClusterSpec& c) {
                {"link_bandwidth_GBps", c.host.link_bandwidth_GBps}};
   j["price_per_node_hour_usd"] = c.price_per_node_hour_usd;
   j["sources"] = sources_json(c.sources);
+  if (c.calibration) j["calibration"] = calibration_json(*c.calibration);
   return j;
 }
 
@@ -194,6 +237,7 @@ ClusterSpec cluster_from_json(JsonObjectReader r,
   }
   c.price_per_node_hour_usd = r.get_double("price_per_node_hour_usd", 0, 1e9);
   c.sources = read_sources(r);
+  if (r.has("calibration")) c.calibration = read_calibration(r.get_object("calibration"));
   r.finish();
   return c;
 }

@@ -4,7 +4,9 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "core/json_reader.hpp"
 
@@ -68,6 +70,26 @@ struct HostSpec {
   bool operator==(const HostSpec&) const = default;
 };
 
+// What `moetune calibrate` fitted into a cluster profile: each parameter's value and standard
+// error, the runs it was fitted to, the expert-popularity skew measured from their expert-load
+// histograms, and when. Optional in the JSON; the fitted values themselves live in their fields.
+struct CalibratedValue {
+  std::string name;  // registry name, e.g. "device.gemm_efficiency"
+  double value = 0;
+  double stderr_value = 0;  // one standard error, same unit as value
+  bool operator==(const CalibratedValue&) const = default;
+};
+
+struct CalibrationRecord {
+  std::vector<CalibratedValue> parameters;
+  std::vector<std::string> runs;      // run.jsonl files used, as named to calibrate
+  std::optional<double> expert_skew;  // coefficient of variation of expert popularity
+  std::string date;                   // ISO 8601, UTC
+  double step_time_error_before = 0;  // median |predicted / measured - 1| over the runs
+  double step_time_error_after = 0;
+  bool operator==(const CalibrationRecord&) const = default;
+};
+
 struct ClusterSpec {
   std::string name;
   std::string description;
@@ -79,6 +101,7 @@ struct ClusterSpec {
   HostSpec host;
   double price_per_node_hour_usd = 0;
   std::map<std::string, std::string> sources;
+  std::optional<CalibrationRecord> calibration;  // set by `moetune calibrate`
 
   bool operator==(const ClusterSpec&) const = default;
 

@@ -44,6 +44,13 @@ Json to_json(const StepRecord& s) {
   }
   j["collectives"] = coll;
   j["peak_memory_bytes"] = s.peak_memory_bytes;
+  if (s.memory) {
+    j["memory"] = {{"parameters_bytes", s.memory->parameters_bytes},
+                   {"gradients_bytes", s.memory->gradients_bytes},
+                   {"optimizer_bytes", s.memory->optimizer_bytes},
+                   {"gathered_parameters_bytes", s.memory->gathered_parameters_bytes},
+                   {"activations_bytes", s.memory->activations_bytes}};
+  }
   j["tokens_per_expert"] = s.tokens_per_expert;
   j["dropped_tokens"] = s.dropped_tokens;
   return j;
@@ -100,6 +107,17 @@ StepRecord step_record_from_json(const Json& json, const std::string& origin) {
     coll.finish();
   }
   s.peak_memory_bytes = r.get_double("peak_memory_bytes", 0, 1e300);
+  if (r.has("memory")) {
+    JsonObjectReader m = r.get_object("memory");
+    StepMemory mem;
+    mem.parameters_bytes = m.get_double("parameters_bytes", 0, 1e300);
+    mem.gradients_bytes = m.get_double("gradients_bytes", 0, 1e300);
+    mem.optimizer_bytes = m.get_double("optimizer_bytes", 0, 1e300);
+    mem.gathered_parameters_bytes = m.get_double("gathered_parameters_bytes", 0, 1e300);
+    mem.activations_bytes = m.get_double("activations_bytes", 0, 1e300);
+    m.finish();
+    s.memory = mem;
+  }
   const Json& tpe = r.get_raw("tokens_per_expert");
   if (!tpe.is_array()) r.fail("tokens_per_expert", "expected [layer][expert] counts");
   for (const auto& layer : tpe) {
@@ -129,7 +147,16 @@ RunLog read_run_log(const std::filesystem::path& file) {
     ++n;
     if (line.empty()) continue;
     const std::string where = file.string() + ":" + std::to_string(n);
-    Json j = parse_json_text(line, where);
+    Json j;
+    try {
+      j = parse_json_text(line, where);
+    } catch (const InputError& e) {
+      // A first line that is no JSON record is some other file (a plan.json, a binary).
+      if (!have_header) {
+        throw InputError(where + ": not a moetune run log (its first line is no JSON header)");
+      }
+      throw;
+    }
     if (!have_header) {
       if (!j.is_object() || !j.contains("type") || j["type"] != "header") {
         throw InputError(where + ": not a moetune run log (the first line must be its header)");

@@ -34,6 +34,17 @@ struct CollectiveRecord {
   bool operator==(const CollectiveRecord&) const = default;
 };
 
+// This rank's memory by kind, as the executor holds it (bytes), for comparison with the
+// simulator's memory model.
+struct StepMemory {
+  double parameters_bytes = 0;
+  double gradients_bytes = 0;
+  double optimizer_bytes = 0;
+  double gathered_parameters_bytes = 0;  // hs > 1: the working copy of gathered layers
+  double activations_bytes = 0;  // saved for backward, largest over the step's micro-batches
+  bool operator==(const StepMemory&) const = default;
+};
+
 struct StepRecord {
   std::int64_t step = 0;  // 1-based optimizer step
   double loss = 0;        // mean cross-entropy over the step's tokens
@@ -47,6 +58,7 @@ struct StepRecord {
   std::map<std::string, double> phases_s;               // measured seconds per phase on this rank
   std::map<std::string, CollectiveRecord> collectives;  // per collective kind
   double peak_memory_bytes = 0;
+  std::optional<StepMemory> memory;                          // optional in the file
   std::vector<std::vector<std::int64_t>> tokens_per_expert;  // [layer][expert], this rank's tokens
   std::int64_t dropped_tokens = 0;
   bool operator==(const StepRecord&) const = default;

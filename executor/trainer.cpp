@@ -260,6 +260,9 @@ StepRecord Trainer::train_step() {
   rec.peak_memory_bytes = state.parameters + state.gradients + state.optimizer +
                           state.gathered_parameters +
                           static_cast<double>(model_->activation_bytes());
+  rec.memory =
+      StepMemory{state.parameters, state.gradients, state.optimizer, state.gathered_parameters,
+                 static_cast<double>(model_->activation_bytes())};
   return rec;
 }
 

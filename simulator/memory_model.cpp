@@ -117,6 +117,10 @@ double Simulator::expert_load_factor(const Layout& l) const {
 }
 
 double Simulator::expert_skew() const {
+  // A calibrated profile carries the skew measured on this system's runs.
+  if (cluster_.calibration && cluster_.calibration->expert_skew) {
+    return *cluster_.calibration->expert_skew;
+  }
   return train_.moe.expert_skew;
 }
 

@@ -55,7 +55,8 @@ class Simulator {
   LayerActivations layer_activations(const Layout& layout) const;
   // Expected tokens the busiest EP rank receives, as a multiple of the mean (>= 1).
   double expert_load_factor(const Layout& layout) const;
-  // Coefficient of variation of expert popularity the prediction assumes (train.moe.expert_skew).
+  // Coefficient of variation of expert popularity the prediction assumes: the calibrated
+  // profile's (cluster.calibration.expert_skew) when it has one, else train.moe.expert_skew.
   double expert_skew() const;
   // Memory of the worst rank; also returns offloaded host bytes per node and, with activation
   // offload, the bytes of one micro-batch's activations that go to the host and back (per rank,
