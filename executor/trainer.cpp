@@ -63,6 +63,12 @@ void check_runnable_on_cpu(const Plan& plan, std::int64_t ranks) {
                      to_string(plan.train.precision) +
                      "; the CPU backend trains fp32 plans for a cpu cluster such as cpu-local");
   }
+  if (l.recompute != Recompute::None) {
+    throw InputError(
+        "the CPU executor keeps every activation and does not recompute them yet; this plan has "
+        "recompute=" +
+        to_string(l.recompute) + ": plan again with --recompute none");
+  }
   if (plan.train.moe.force_balanced) {
     throw InputError(
         "this plan forces balanced routing, a benchmark setting only the simulator models; the "
