@@ -83,8 +83,8 @@ void print_calibration(const ClusterSpec& base, const std::vector<simulator::Mea
     for (const std::string& phase : simulator::compared_phases()) {
       const auto it = m.phases_s.find(phase);
       const double measured = it == m.phases_s.end() ? 0.0 : it->second;
-      const double b = simulator::phase_seconds(pb.time, phase);
-      const double a = simulator::phase_seconds(pa.time, phase);
+      const double b = phase_seconds(pb.time, phase).value_or(0.0);
+      const double a = phase_seconds(pa.time, phase).value_or(0.0);
       if (measured == 0 && b == 0 && a == 0) continue;
       std::printf("  %-10s %10s %10s %10s\n", phase.c_str(), ms(measured).c_str(), ms(b).c_str(),
                   ms(a).c_str());
@@ -108,7 +108,7 @@ void print_comparison(const ClusterSpec& profile, const std::vector<simulator::M
     for (const std::string& phase : simulator::compared_phases()) {
       const auto it = m.phases_s.find(phase);
       const double measured = it == m.phases_s.end() ? 0.0 : it->second;
-      const double predicted = simulator::phase_seconds(p.time, phase);
+      const double predicted = phase_seconds(p.time, phase).value_or(0.0);
       if (measured > 0 || predicted > 0) row(phase, measured, predicted);
     }
     std::printf("  median step %s ms; predicted %.0f tokens/s, measured %.0f (fastest step)\n",

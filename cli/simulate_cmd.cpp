@@ -73,21 +73,9 @@ void print_prediction(const Plan& plan, const Prediction& p) {
   }
   const TimeBreakdown& t = p.time;
   std::printf("step time: %s\n", format_seconds(p.step_time_s).c_str());
-  const std::pair<const char*, double> time_rows[] = {{"attention", t.attention},
-                                                      {"router", t.router},
-                                                      {"dispatch", t.dispatch},
-                                                      {"experts", t.experts},
-                                                      {"combine", t.combine},
-                                                      {"lm_head", t.lm_head},
-                                                      {"recompute", t.recompute},
-                                                      {"all_gather", t.all_gather},
-                                                      {"reduce_scatter", t.reduce_scatter},
-                                                      {"all_reduce", t.all_reduce},
-                                                      {"pipeline", t.pipeline},
-                                                      {"optimizer", t.optimizer},
-                                                      {"offload", t.offload}};
-  for (const auto& [name, seconds] : time_rows) {
-    if (seconds > 0) std::printf("  %-22s %10s\n", name, format_seconds(seconds).c_str());
+  for (const std::string& name : time_phase_names()) {
+    const double seconds = *phase_seconds(t, name);
+    if (seconds > 0) std::printf("  %-22s %10s\n", name.c_str(), format_seconds(seconds).c_str());
   }
   std::printf("  %-22s %10s (hidden behind compute)\n", "overlapped comm",
               format_seconds(t.overlapped_comm).c_str());

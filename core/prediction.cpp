@@ -1,6 +1,8 @@
 // JSON form of Prediction.
 #include "core/prediction.hpp"
 
+#include <iterator>
+
 namespace moetune {
 
 namespace {
@@ -65,6 +67,28 @@ Json to_json(const MemoryBreakdown& m) {
 }
 Json to_json(const TimeBreakdown& t) {
   return write_fields(t, kTimeFields);
+}
+
+namespace {
+// kTimeFields lists the step's phases first, then overlapped_comm and step.
+constexpr std::size_t kTimePhases = std::size(kTimeFields) - 2;
+}  // namespace
+
+const std::vector<std::string>& time_phase_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> v;
+    for (std::size_t i = 0; i < kTimePhases; ++i)
+      v.emplace_back(kTimeFields[i].key);
+    return v;
+  }();
+  return names;
+}
+
+std::optional<double> phase_seconds(const TimeBreakdown& t, std::string_view name) {
+  for (std::size_t i = 0; i < kTimePhases; ++i) {
+    if (name == kTimeFields[i].key) return t.*(kTimeFields[i].member);
+  }
+  return std::nullopt;
 }
 
 Json to_json(const Prediction& p) {

@@ -2,7 +2,10 @@
 // time with its phases, throughput, MFU and cost. It lives in core because plan.json carries it.
 #pragma once
 
+#include <optional>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "core/json_reader.hpp"
 
@@ -65,6 +68,12 @@ struct Prediction {
 
 Json to_json(const MemoryBreakdown& m);
 Json to_json(const TimeBreakdown& t);
+
+// The phases a step's time splits into, in display order, named as run.jsonl and the JSON name
+// them: attention ... offload. They add up to `step`; overlapped_comm is not one of them.
+const std::vector<std::string>& time_phase_names();
+// Seconds of the phase `name` (one of time_phase_names()); nullopt for any other name.
+std::optional<double> phase_seconds(const TimeBreakdown& t, std::string_view name);
 Json to_json(const Prediction& p);
 Prediction prediction_from_json(JsonObjectReader reader);
 

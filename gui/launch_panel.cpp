@@ -57,27 +57,6 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// The prediction's seconds for a phase named as the executor names it in run.jsonl.
-std::optional<double> predicted_phase(const TimeBreakdown& t, const std::string& name) {
-  const std::pair<const char*, double> phases[] = {{"attention", t.attention},
-                                                   {"router", t.router},
-                                                   {"dispatch", t.dispatch},
-                                                   {"experts", t.experts},
-                                                   {"combine", t.combine},
-                                                   {"lm_head", t.lm_head},
-                                                   {"recompute", t.recompute},
-                                                   {"all_gather", t.all_gather},
-                                                   {"reduce_scatter", t.reduce_scatter},
-                                                   {"all_reduce", t.all_reduce},
-                                                   {"pipeline", t.pipeline},
-                                                   {"optimizer", t.optimizer},
-                                                   {"offload", t.offload}};
-  for (const auto& [n, s] : phases) {
-    if (name == n) return s;
-  }
-  return std::nullopt;
-}
-
 }  // namespace
 
 LaunchPanel::LaunchPanel(QWidget* parent)
@@ -409,7 +388,7 @@ void LaunchPanel::updateComparison() {
     }
   }
   for (const std::string& name : names) {
-    const auto predicted = predicted_phase(p.time, name);
+    const auto predicted = phase_seconds(p.time, name);
     add(tr("%1 (s)").arg(QString::fromStdString(name)),
         predicted ? figure(*predicted) : QStringLiteral("—"),
         measured([&name](const StepRecord& s) {

@@ -63,26 +63,6 @@ const std::vector<std::string>& compared_phases() {
   return phases;
 }
 
-double phase_seconds(const TimeBreakdown& t, const std::string& name) {
-  static const std::map<std::string, double TimeBreakdown::*> fields = {
-      {"attention", &TimeBreakdown::attention},
-      {"router", &TimeBreakdown::router},
-      {"dispatch", &TimeBreakdown::dispatch},
-      {"experts", &TimeBreakdown::experts},
-      {"combine", &TimeBreakdown::combine},
-      {"lm_head", &TimeBreakdown::lm_head},
-      {"recompute", &TimeBreakdown::recompute},
-      {"all_gather", &TimeBreakdown::all_gather},
-      {"reduce_scatter", &TimeBreakdown::reduce_scatter},
-      {"all_reduce", &TimeBreakdown::all_reduce},
-      {"pipeline", &TimeBreakdown::pipeline},
-      {"optimizer", &TimeBreakdown::optimizer},
-      {"offload", &TimeBreakdown::offload},
-  };
-  const auto it = fields.find(name);
-  return it == fields.end() ? 0.0 : t.*(it->second);
-}
-
 // ---- Run summaries -------------------------------------------------------------------------
 
 Measurement summarise_run(const std::vector<RunLog>& ranks, const std::string& source,

@@ -36,10 +36,9 @@ const std::vector<CalibrationParameter>& calibration_parameters();
 // The entry named `name`; an unknown name is an InputError listing the known ones.
 const CalibrationParameter& calibration_parameter(const std::string& name);
 
-// The phases run.jsonl and the simulator both report, compared one by one.
+// The phases run.jsonl and the simulator both report, compared one by one (a subset of
+// time_phase_names(); phase_seconds in core/prediction.hpp reads them).
 const std::vector<std::string>& compared_phases();
-// Seconds of phase `name` in a TimeBreakdown (0 for a name it does not have).
-double phase_seconds(const TimeBreakdown& time, const std::string& name);
 
 // One training run summarised for the fit: its fastest step after the warm-up (the slowest rank
 // of that step: the simulator predicts the busiest rank) with that step's phases.

@@ -119,7 +119,7 @@ class Problem {
       for (const std::string& phase : compared_phases()) {
         const auto it = runs_[i].phases_s.find(phase);
         if (it == runs_[i].phases_s.end() || it->second <= 0) continue;
-        if (phase_seconds(first[i].time, phase) <= 0) continue;
+        if (phase_seconds(first[i].time, phase).value_or(0.0) <= 0) continue;
         specs_.push_back({i, phase, it->second, std::sqrt(options_.phase_weight)});
       }
     }
@@ -147,8 +147,9 @@ class Problem {
     std::vector<double> r(specs_.size());
     for (std::size_t i = 0; i < specs_.size(); ++i) {
       const ResidualSpec& s = specs_[i];
-      const double predicted =
-          s.phase.empty() ? p[s.run].step_time_s : phase_seconds(p[s.run].time, s.phase);
+      const double predicted = s.phase.empty()
+                                   ? p[s.run].step_time_s
+                                   : phase_seconds(p[s.run].time, s.phase).value_or(0.0);
       r[i] = s.weight * std::log(std::max(predicted, 1e-15) / s.measured);
     }
     return r;

@@ -245,8 +245,8 @@ void Blas::gemm_grouped(const GroupedGemm& g) {
   bool aligned = (g.lda * 2) % 16 == 0 && (g.ldb * 2) % 16 == 0 &&
                  (std::size_t(g.ldc) * elem_bytes(g.c_type)) % 16 == 0;
   for (std::size_t p : live)
-    aligned = aligned && alignment(g.a[p]) == 16 && alignment(g.b[p]) == 16 &&
-              alignment(g.c[p]) == 16;
+    aligned =
+        aligned && alignment(g.a[p]) == 16 && alignment(g.b[p]) == 16 && alignment(g.c[p]) == 16;
   if (!grouped_native_ || !aligned) {
     grouped_loop(g, live);
     return;

@@ -57,7 +57,7 @@ std::vector<simulator::Measurement> synthetic_runs(const ClusterSpec& truth, dou
     const Prediction p = simulator::predict_run(truth, m);
     m.step_time_s = p.step_time_s * std::exp(z(rng));
     for (const std::string& phase : simulator::compared_phases()) {
-      const double s = simulator::phase_seconds(p.time, phase);
+      const double s = phase_seconds(p.time, phase).value_or(0.0);
       if (s > 0) m.phases_s[phase] = s * std::exp(z(rng));
     }
     m.steps_used = 4;
