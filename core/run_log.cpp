@@ -8,6 +8,17 @@
 
 namespace moetune {
 
+void add_tokens_per_expert(StepRecord& step, const std::vector<std::vector<std::int64_t>>& counts) {
+  if (step.tokens_per_expert.empty()) {
+    step.tokens_per_expert = counts;
+    return;
+  }
+  for (std::size_t l = 0; l < counts.size(); ++l) {
+    for (std::size_t e = 0; e < counts[l].size(); ++e)
+      step.tokens_per_expert[l][e] += counts[l][e];
+  }
+}
+
 Json to_json(const RunHeader& h) {
   Json j;
   j["type"] = "header";

@@ -64,6 +64,9 @@ struct StepRecord {
   bool operator==(const StepRecord&) const = default;
 };
 
+// Adds one micro-batch's routed counts [layer][expert] into the step's tokens_per_expert.
+void add_tokens_per_expert(StepRecord& step, const std::vector<std::vector<std::int64_t>>& counts);
+
 Json to_json(const RunHeader& header);
 Json to_json(const StepRecord& step);
 RunHeader run_header_from_json(const Json& json, const std::string& origin);

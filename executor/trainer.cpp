@@ -207,15 +207,7 @@ StepRecord Trainer::train_step() {
     rec.aux_loss += loss.aux / static_cast<double>(accum_);  // already global over dp
     rec.z_loss += loss.z * scale;
     rec.dropped_tokens += model_->dropped_slots();
-    const auto counts = model_->tokens_per_expert();
-    if (rec.tokens_per_expert.empty()) {
-      rec.tokens_per_expert = counts;
-    } else {
-      for (std::size_t l = 0; l < counts.size(); ++l) {
-        for (std::size_t e = 0; e < counts[l].size(); ++e)
-          rec.tokens_per_expert[l][e] += counts[l][e];
-      }
-    }
+    add_tokens_per_expert(rec, model_->tokens_per_expert());
   }
   if (dp_size_ > 1) {
     double sums[2] = {rec.loss, rec.z_loss};

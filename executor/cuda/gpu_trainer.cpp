@@ -93,15 +93,7 @@ StepRecord GpuTrainer::train_step() {
     rec.aux_loss += loss.aux * scale;
     rec.z_loss += loss.z * scale;
     rec.dropped_tokens += model_->dropped_slots();
-    const auto counts = model_->tokens_per_expert();
-    if (rec.tokens_per_expert.empty()) {
-      rec.tokens_per_expert = counts;
-    } else {
-      for (std::size_t l = 0; l < counts.size(); ++l) {
-        for (std::size_t e = 0; e < counts[l].size(); ++e)
-          rec.tokens_per_expert[l][e] += counts[l][e];
-      }
-    }
+    add_tokens_per_expert(rec, model_->tokens_per_expert());
   }
   const OptimizerSpec& o = plan_.train.optimizer;
   {

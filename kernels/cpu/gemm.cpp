@@ -16,19 +16,11 @@ namespace {
 
 void check_gemm_args(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
                      std::int64_t lda, std::int64_t ldb, std::int64_t ldc) {
-  MOETUNE_CHECK(m >= 0 && n >= 0 && k >= 0, "gemm: negative size");
+  check_gemm_shape(trans_a, trans_b, m, n, k, lda, ldb, ldc);
   // OpenBLAS here is built with 32-bit integers; larger problems must be split by the caller.
   MOETUNE_CHECK(m <= INT_MAX && n <= INT_MAX && k <= INT_MAX, "gemm: size exceeds the BLAS int");
   MOETUNE_CHECK(lda <= INT_MAX && ldb <= INT_MAX && ldc <= INT_MAX,
                 "gemm: leading dimension exceeds the BLAS int");
-  const std::int64_t a_cols = trans_a ? m : k;
-  const std::int64_t b_cols = trans_b ? k : n;
-  MOETUNE_CHECK(lda >= std::max<std::int64_t>(1, a_cols),
-                "gemm: lda " + std::to_string(lda) + " < " + std::to_string(a_cols));
-  MOETUNE_CHECK(ldb >= std::max<std::int64_t>(1, b_cols),
-                "gemm: ldb " + std::to_string(ldb) + " < " + std::to_string(b_cols));
-  MOETUNE_CHECK(ldc >= std::max<std::int64_t>(1, n),
-                "gemm: ldc " + std::to_string(ldc) + " < " + std::to_string(n));
 }
 
 // C = beta * C for the k == 0 case, which CBLAS implementations disagree about.

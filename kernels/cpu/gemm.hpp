@@ -15,6 +15,11 @@ void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64
           const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c,
           std::int64_t ldc);
 
+// Checks gemm()'s sizes and leading dimensions as documented above (an internal error otherwise);
+// both gemm() implementations (OpenBLAS and the reference loops) call it.
+void check_gemm_shape(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
+                      std::int64_t lda, std::int64_t ldb, std::int64_t ldc);
+
 // While alive, BLAS runs each GEMM on one thread: for loops that already give every kernel thread
 // its own small GEMMs (attention heads), where BLAS's own threads would only oversubscribe.
 class SingleThreadedBlas {

@@ -15,15 +15,7 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha,
           const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c,
           std::int64_t ldc) {
-  MOETUNE_CHECK(m >= 0 && n >= 0 && k >= 0, "gemm: negative size");
-  const std::int64_t a_cols = trans_a ? m : k;
-  const std::int64_t b_cols = trans_b ? k : n;
-  MOETUNE_CHECK(lda >= std::max<std::int64_t>(1, a_cols),
-                "gemm: lda " + std::to_string(lda) + " < " + std::to_string(a_cols));
-  MOETUNE_CHECK(ldb >= std::max<std::int64_t>(1, b_cols),
-                "gemm: ldb " + std::to_string(ldb) + " < " + std::to_string(b_cols));
-  MOETUNE_CHECK(ldc >= std::max<std::int64_t>(1, n),
-                "gemm: ldc " + std::to_string(ldc) + " < " + std::to_string(n));
+  check_gemm_shape(trans_a, trans_b, m, n, k, lda, ldb, ldc);
   if (m == 0 || n == 0) return;
   MOETUNE_CHECK(c != nullptr, "gemm: C is null");
   MOETUNE_CHECK(k == 0 || (a != nullptr && b != nullptr), "gemm: A or B is null");

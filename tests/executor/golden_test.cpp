@@ -13,6 +13,7 @@
 #include "executor/io/safetensors.hpp"
 #include "executor/mixtral.hpp"
 #include "executor/trainer.hpp"
+#include "golden_support.hpp"
 #include "kernels/cpu/cross_entropy.hpp"
 #include "test_support.hpp"
 
@@ -20,54 +21,7 @@ namespace {
 
 using namespace moetune;
 using namespace moetune::executor;
-
-const std::filesystem::path kGolden = test::source_dir() / "tests/data/golden/tiny_mixtral";
-
-// max |a - b| / max |b|: an error relative to the tensor's scale, so entries near zero do not
-// dominate.
-template <class A, class B>
-double normalized_error(const A& a, const B& b) {
-  double diff = 0, scale = 0;
-  for (std::size_t i = 0; i < b.size(); ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
-    scale = std::max(scale, std::abs(static_cast<double>(b[i])));
-  }
-  return diff / scale;
-}
-
-struct Golden {
-  ModelSpec model = load_model((kGolden / "config.json").string());
-  SafetensorsReader weights{kGolden / "model.safetensors"};
-  SafetensorsReader outputs{kGolden / "outputs.safetensors"};
-  Json inputs = read_json_file(kGolden / "inputs.json");
-  Json curve = read_json_file(kGolden / "curve.json");
-
-  MoeOptions moe() const {
-    MoeOptions o;
-    o.aux_loss_coef = model.router_aux_loss_coef;
-    return o;
-  }
-  std::vector<float> params(const ParameterLayout& layout) const {
-    std::vector<float> p(static_cast<std::size_t>(layout.numel()));
-    for (const ParamTensor& t : layout.tensors())
-      weights.read(t.name, p.data() + t.offset, t.shape);
-    return p;
-  }
-};
-
-// HF's labels = input_ids: position t predicts token t + 1; the last position predicts nothing.
-void shifted(const Json& batch, std::vector<std::int32_t>& ids,
-             std::vector<std::int32_t>& targets) {
-  ids.clear();
-  targets.clear();
-  for (const auto& row : batch) {
-    for (std::size_t t = 0; t < row.size(); ++t) {
-      ids.push_back(row[t].get<std::int32_t>());
-      targets.push_back(t + 1 < row.size() ? row[t + 1].get<std::int32_t>()
-                                           : kernels::cpu::kIgnoreIndex);
-    }
-  }
-}
+using namespace moetune::test;
 
 TEST_CASE("Mixtral forward and backward match Hugging Face transformers", "[executor][golden]") {
   Golden g;
