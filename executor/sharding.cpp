@@ -73,6 +73,7 @@ ShardedParameters::ShardedParameters(const ParameterLayout& layout, const ModelS
   for (std::size_t u = 0; u < units_.size(); ++u) {
     const std::int64_t g = u == 0 ? 0 : (u + 1 == units_.size() ? layers + 1 : 1 + (u - 1) / 2);
     groups_[static_cast<std::size_t>(g)].push_back(static_cast<std::int64_t>(u));
+    unit_group_.push_back(g);
     unit_begins_.push_back(units_[u].begin);
   }
   unit_slot_offset_.resize(units_.size());
@@ -128,10 +129,7 @@ std::int64_t ShardedParameters::unit_of(std::int64_t offset) const {
 }
 
 std::int64_t ShardedParameters::group_of(std::int64_t unit) const {
-  const auto n = static_cast<std::int64_t>(units_.size());
-  if (unit == 0) return 0;
-  if (unit == n - 1) return n / 2;
-  return 1 + (unit - 1) / 2;
+  return unit_group_[static_cast<std::size_t>(unit)];
 }
 
 void ShardedParameters::gather(std::int64_t group, int slot) {

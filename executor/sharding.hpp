@@ -87,6 +87,7 @@ class ShardedParameters final : public ParameterAccess {
   Communicator* tp_;
   std::vector<ShardUnit> units_;
   std::vector<std::int64_t> unit_begins_;          // units_[i].begin, for lookups
+  std::vector<std::int64_t> unit_group_;           // the group each unit belongs to
   std::vector<std::int64_t> unit_slot_offset_;     // unit's place in its group's slot
   std::vector<std::vector<std::int64_t>> groups_;  // units of each group
   std::vector<std::vector<Range>> group_norms_;    // norm tensors of each group
