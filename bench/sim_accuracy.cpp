@@ -93,12 +93,14 @@ Outcome evaluate(const Json& e) {
              " for attention, expert tp 1) is not modelled";
     return o;
   }
-  // Megatron's distributed optimizer shards optimizer state, not parameters: plain replicas here
-  // (same gradient traffic: reduce-scatter + all-gather = all-reduce). FSDP shards over dp / ep.
+  // FSDP shards parameters over dp / ep. Megatron's distributed optimizer shards master weights
+  // and optimizer state over the replicas: moetune's distributed optimizer. Entries that do not
+  // say are plain replicas.
   if (lj["sharding"] == "fsdp") {
     l.hs = dp / l.ep;
   } else {
     l.rep = dp / l.ep;
+    l.distributed_optimizer = lj["sharding"] == "distributed_optimizer";
   }
   l.micro_batch = e["micro_batch"].get<std::int64_t>();
   l.recompute = e["recompute"] == "full" ? Recompute::Full : Recompute::None;

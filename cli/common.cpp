@@ -138,6 +138,10 @@ void add_layout_options(CLI::App& app, LayoutOptions& o) {
   app.add_option("--activation-offload", o.activation_offload,
                  "saved activations in host memory: on or off")
       ->check(CLI::IsMember({"on", "off"}));
+  app.add_option("--distributed-optimizer", o.distributed_optimizer,
+                 "master weights and Adam state split over the replicas (ZeRO-1): on (default "
+                 "where there are replicas) or off")
+      ->check(CLI::IsMember({"on", "off"}));
 }
 
 planner::Pins to_pins(const LayoutOptions& o) {
@@ -152,6 +156,7 @@ planner::Pins to_pins(const LayoutOptions& o) {
   if (o.recompute) p.recompute = parse_recompute(*o.recompute);
   if (o.optimizer_offload) p.optimizer_offload = *o.optimizer_offload == "on";
   if (o.activation_offload) p.activation_offload = *o.activation_offload == "on";
+  if (o.distributed_optimizer) p.distributed_optimizer = *o.distributed_optimizer == "on";
   return p;
 }
 
@@ -182,6 +187,8 @@ Layout to_layout(const LayoutOptions& o, const ClusterSpec& cluster) {
   if (o.recompute) l.recompute = parse_recompute(*o.recompute);
   l.optimizer_offload = o.optimizer_offload.value_or("off") == "on";
   l.activation_offload = o.activation_offload.value_or("off") == "on";
+  l.distributed_optimizer =
+      o.distributed_optimizer.value_or("on") == "on" && l.dense_replicas() > 1;
   return l;
 }
 
@@ -222,21 +229,7 @@ std::string format_seconds(double s) {
 }
 
 Json prediction_json(const Layout& l, const Prediction& p) {
-  Json j;
-  j["tp"] = l.tp;
-  j["pp"] = l.pp;
-  j["vpp"] = l.vpp;
-  j["ep"] = l.ep;
-  j["hs"] = l.hs;
-  j["rep"] = l.rep;
-  Json order = Json::array();
-  for (Axis a : l.order)
-    order.push_back(to_string(a));
-  j["order"] = order;
-  j["micro_batch"] = l.micro_batch;
-  j["recompute"] = to_string(l.recompute);
-  j["optimizer_offload"] = l.optimizer_offload;
-  j["activation_offload"] = l.activation_offload;
+  Json j = to_json(l);
   j["fits"] = p.fits;
   j["reason"] = p.reason;
   j["peak_memory_bytes"] = p.peak_memory_bytes;

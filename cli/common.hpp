@@ -50,7 +50,8 @@ void apply_optimizer_flags(const SetupOptions& options, OptimizerSpec& opt, bool
 // --activation-offload: pins for `plan`/`explain`, the layout itself for `simulate`.
 struct LayoutOptions {
   std::optional<std::int64_t> tp, pp, vpp, ep, hs, micro_batch;
-  std::optional<std::string> order, recompute, optimizer_offload, activation_offload;
+  std::optional<std::string> order, recompute, optimizer_offload, activation_offload,
+      distributed_optimizer;
 };
 void add_layout_options(CLI::App& app, LayoutOptions& options);
 planner::Pins to_pins(const LayoutOptions& options);

@@ -23,9 +23,9 @@ struct PlanOptions {
 };
 
 void print_table(const Setup& s, const planner::SearchResult& r, int top) {
-  std::printf("%-3s %3s %4s %3s %4s %4s  %-17s %3s %-7s %-7s %9s %10s %9s %6s %9s %s\n", "#", "tp",
-              "pp", "ep", "hs", "rep", "order", "mb", "recomp", "offload", "mem GiB", "step",
-              "tokens/s", "MFU", "$/Btok", "");
+  std::printf("%-3s %3s %4s %3s %4s %4s  %-17s %3s %-7s %-7s %-4s %9s %10s %9s %6s %9s %s\n", "#",
+              "tp", "pp", "ep", "hs", "rep", "order", "mb", "recomp", "offload", "dopt", "mem GiB",
+              "step", "tokens/s", "MFU", "$/Btok", "");
   int shown = 0;
   for (const planner::Candidate& c : r.ranked) {
     if (shown == top) break;
@@ -40,12 +40,14 @@ void print_table(const Setup& s, const planner::SearchResult& r, int top) {
     if (l.activation_offload) offload += "+act";
     std::string mem = format_gib(c.peak_memory_bytes) + (c.fits ? "" : "!");
     std::printf(
-        "%-3d %3lld %4s %3lld %4lld %4lld  %-17s %3lld %-7s %-7s %9s %10s %9s %5.1f%% %9.0f %s\n",
+        "%-3d %3lld %4s %3lld %4lld %4lld  %-17s %3lld %-7s %-7s %-4s %9s %10s %9s %5.1f%% %9.0f "
+        "%s\n",
         ++shown, static_cast<long long>(l.tp), pp.c_str(), static_cast<long long>(l.ep),
         static_cast<long long>(l.hs), static_cast<long long>(l.rep), order.c_str(),
         static_cast<long long>(l.micro_batch), to_string(l.recompute).c_str(), offload.c_str(),
-        mem.c_str(), format_seconds(c.step_time_s).c_str(), format_rate(c.tokens_per_s).c_str(),
-        100.0 * c.mfu, c.cost_per_billion_tokens_usd, c.pareto ? "*" : "");
+        l.distributed_optimizer ? "on" : "-", mem.c_str(), format_seconds(c.step_time_s).c_str(),
+        format_rate(c.tokens_per_s).c_str(), 100.0 * c.mfu, c.cost_per_billion_tokens_usd,
+        c.pareto ? "*" : "");
   }
   (void)s;
 }

@@ -110,6 +110,7 @@ std::string describe(const Layout& l) {
     << "] mb" << l.micro_batch << " recompute=" << to_string(l.recompute);
   if (l.optimizer_offload) s << " +opt-offload";
   if (l.activation_offload) s << " +act-offload";
+  if (l.distributed_optimizer) s << " +dist-opt";
   return s.str();
 }
 
@@ -129,6 +130,7 @@ Json to_json(const Layout& l) {
   j["recompute"] = to_string(l.recompute);
   j["optimizer_offload"] = l.optimizer_offload;
   j["activation_offload"] = l.activation_offload;
+  j["distributed_optimizer"] = l.distributed_optimizer;
   return j;
 }
 
@@ -164,6 +166,8 @@ Layout layout_from_json(JsonObjectReader r) {
   }
   l.optimizer_offload = r.get_bool("optimizer_offload");
   l.activation_offload = r.get_bool("activation_offload");
+  // Optional: plans written before the distributed optimizer existed have plain replicas.
+  if (r.has("distributed_optimizer")) l.distributed_optimizer = r.get_bool("distributed_optimizer");
   r.finish();
   return l;
 }

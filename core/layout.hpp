@@ -31,6 +31,11 @@ struct Layout {
   Recompute recompute = Recompute::None;
   bool optimizer_offload = false;   // fp32 master weights and Adam state in host memory
   bool activation_offload = false;  // saved activations of waiting layers in host memory
+  // Distributed optimizer (ZeRO-1 over the replicas, as Megatron's --use-distributed-optimizer):
+  // the fp32 master weights and Adam state are split further over the replicate group (dense:
+  // ep x rep, experts: rep); gradients are reduce-scattered over it instead of all-reduced, and
+  // the updated parameters all-gathered back. Changes nothing when the group has one rank.
+  bool distributed_optimizer = false;
 
   bool operator==(const Layout&) const = default;
 
@@ -38,6 +43,9 @@ struct Layout {
   std::int64_t world_size() const { return tp * pp * ep * hs * rep; }
   // Data-parallel width: every (ep, hs, rep) coordinate reads its own micro-batches.
   std::int64_t dp() const { return ep * hs * rep; }
+  // Ranks holding copies of the same dense (ep x rep) and expert (rep) parameter shards.
+  std::int64_t dense_replicas() const { return ep * rep; }
+  std::int64_t expert_replicas() const { return rep; }
 };
 
 std::string to_string(Axis axis);

@@ -134,6 +134,17 @@ Trainer::Trainer(const Plan& plan, const TrainOptions& options, ProcessGroups* g
     hs_rank_ = (*groups_)[Group::Hs].rank();
     shard_parameters();
   }
+  units_ = sharded_ ? sharded_->units() : shard_units(model_->layout(), plan_.model, 1);
+  if (groups_ != nullptr && plan_.layout.distributed_optimizer) {
+    Communicator& dense = (*groups_)[Group::DenseReplicate];
+    Communicator& expert = (*groups_)[Group::ExpertReplicate];
+    if (dense.size() > 1 || expert.size() > 1) {
+      dist_opt_ =
+          std::make_unique<DistributedOptimizer>(units_, sharded_ != nullptr, dense, expert);
+      adam_m_.assign(static_cast<std::size_t>(dist_opt_->owned_floats()), 0.0f);
+      adam_v_.assign(static_cast<std::size_t>(dist_opt_->owned_floats()), 0.0f);
+    }
+  }
   const bool resumed = options_.resume && resume();
   if (!options_.batch_source) load_data();
   const std::int64_t tokens = plan_.layout.micro_batch * plan_.train.seq_len;
@@ -223,7 +234,9 @@ StepRecord Trainer::train_step() {
     const double clip = k::clip_scale(rec.grad_norm, plan_.train.optimizer.grad_clip);
     const OptimizerSpec& o = plan_.train.optimizer;
     rec.lr = learning_rate(o, step_);
-    if (sharded_) {
+    if (dist_opt_) {
+      distributed_optimizer_step(rec.lr, clip);
+    } else if (sharded_) {
       sharded_optimizer_step(rec.lr, clip);
     } else {
       k::AdamWParams hp{rec.lr, o.beta1, o.beta2, o.eps, o.weight_decay};
@@ -264,8 +277,6 @@ StepRecord Trainer::train_step() {
   return rec;
 }
 
-// Dense gradients are summed over the dense replicate group (ep x rep), expert gradients over the
-// expert replicate group (rep): afterwards every replica holds the gradient of the whole batch.
 Trainer::StateBytes Trainer::state_bytes() const {
   StateBytes b;
   b.optimizer = 4.0 * static_cast<double>(adam_m_.size() + adam_v_.size());
@@ -308,6 +319,48 @@ void Trainer::sharded_optimizer_step(double lr, double clip) {
                        static_cast<std::int64_t>(master.size()), hp, step_ + 1, clip);
 }
 
+void Trainer::distributed_optimizer_step(double lr, double clip) {
+  const OptimizerSpec& o = plan_.train.optimizer;
+  k::AdamWParams hp{lr, o.beta1, o.beta2, o.eps, o.weight_decay};
+  float* params = state_params();
+  float* grads = state_grads();
+  for (const DistributedOptimizer::Owned& c : dist_opt_->owned()) {
+    if (c.count == 0) continue;
+    k::adamw_step<float>(params + c.at, adam_m_.data() + c.state, adam_v_.data() + c.state,
+                         grads + c.at, c.count, hp, step_ + 1, clip);
+  }
+  dist_opt_->all_gather(params);
+}
+
+std::int64_t Trainer::state_floats() const {
+  return static_cast<std::int64_t>(sharded_ ? sharded_->master().size() : params_.size());
+}
+
+void Trainer::whole_adam_state(std::vector<float>& m, std::vector<float>& v) {
+  if (!dist_opt_) {
+    m = adam_m_;
+    v = adam_v_;
+    return;
+  }
+  m.assign(static_cast<std::size_t>(state_floats()), 0.0f);
+  v.assign(m.size(), 0.0f);
+  dist_opt_->gather_state(adam_m_.data(), m.data());
+  dist_opt_->gather_state(adam_v_.data(), v.data());
+}
+
+void Trainer::set_adam_state(std::vector<float> m, std::vector<float> v) {
+  if (!dist_opt_) {
+    adam_m_ = std::move(m);
+    adam_v_ = std::move(v);
+    return;
+  }
+  dist_opt_->take_state(m.data(), adam_m_.data());
+  dist_opt_->take_state(v.data(), adam_v_.data());
+}
+
+// Dense gradients are summed over the dense replicate group (ep x rep), expert gradients over the
+// expert replicate group (rep): afterwards every replica holds the gradient of the whole batch.
+// (The distributed optimizer reduce-scatters instead: each replica holds the sum of its chunks.)
 void Trainer::reduce_gradients() {
   if (groups_ == nullptr) return;
   // Norm weights see only this rank's sequence chunk under tensor (sequence) parallelism: sum
@@ -317,6 +370,11 @@ void Trainer::reduce_gradients() {
     for (const ParamTensor& t : model_->layout().tensors()) {
       if (t.is_norm) tp.all_reduce(grads_.data() + t.offset, t.numel);
     }
+  }
+  if (dist_opt_) {
+    // The distributed optimizer: each rank receives the sum of the chunks it owns.
+    dist_opt_->reduce_scatter(state_grads());
+    return;
   }
   if (sharded_) {
     // The gradients were reduce-scattered over hs layer by layer during backward (norms summed
@@ -340,31 +398,36 @@ void Trainer::reduce_gradients() {
 
 // The global gradient norm with every parameter counted once. After the reductions, tensors
 // that every tp rank holds whole (norms, routers) are the same on all of them; tensors split by
-// tp, and experts split by ep, differ; shards differ over hs. So the squares are summed per
-// class and each class over the groups where it differs.
+// tp, and experts split by ep, differ; shards differ over hs, and the distributed optimizer's
+// chunks over the replicas. So the squares are summed per class and each class over the groups
+// where it differs.
 double Trainer::global_grad_norm() const {
   double sums[3] = {0, 0, 0};  // tp-whole dense, tp-split dense, experts
-  auto add = [&](const ParamTensor& t, const float* g, std::int64_t count) {
-    const int cls = t.is_expert ? 2 : (t.split == TpSplit::None ? 0 : 1);
-    sums[cls] += k::sum_of_squares<float>(g, count);
-  };
-  if (sharded_) {
-    // Walk each unit's shard through the tensors it overlaps.
-    const std::vector<float>& grad_shard = sharded_->grad_shard();
-    for (const ShardUnit& u : sharded_->units()) {
-      const std::int64_t from = u.begin + hs_rank_ * u.shard;
-      const std::int64_t to = std::min(u.end, from + u.shard);
-      for (const ParamTensor& t : model_->layout().tensors()) {
-        const std::int64_t lo = std::max(from, t.offset), hi = std::min(to, t.offset + t.numel);
-        if (lo < hi) add(t, grad_shard.data() + u.shard_offset + (lo - from), hi - lo);
-      }
-    }
-  } else {
+  const float* grads = sharded_ ? sharded_->grad_shard().data() : grads_.data();
+  // Elements [index, index + count) of unit u's part of the state vector, found at grads + at,
+  // walked through the tensors they overlap.
+  auto add = [&](const ShardUnit& u, std::int64_t at, std::int64_t index, std::int64_t count) {
+    const std::int64_t from = u.begin + hs_rank_ * u.shard + index;
+    const std::int64_t to = std::min(u.end, from + count);
     for (const ParamTensor& t : model_->layout().tensors()) {
-      add(t, grads_.data() + t.offset, t.numel);
+      const std::int64_t lo = std::max(from, t.offset), hi = std::min(to, t.offset + t.numel);
+      if (lo >= hi) continue;
+      const int cls = t.is_expert ? 2 : (t.split == TpSplit::None ? 0 : 1);
+      sums[cls] += k::sum_of_squares<float>(grads + at + (lo - from), hi - lo);
     }
+  };
+  if (dist_opt_) {
+    for (const DistributedOptimizer::Owned& c : dist_opt_->owned())
+      add(units_[static_cast<std::size_t>(c.unit)], c.at, c.index, c.count);
+  } else {
+    for (const ShardUnit& u : units_)
+      add(u, sharded_ ? u.shard_offset : u.begin, 0, u.shard);
   }
   if (groups_ != nullptr) {
+    if (dist_opt_) {
+      (*groups_)[Group::DenseReplicate].all_reduce(sums, 2);
+      (*groups_)[Group::ExpertReplicate].all_reduce(&sums[2], 1);
+    }
     if (hs_size_ > 1) (*groups_)[Group::Hs].all_reduce(sums, 3);
     if ((*groups_)[Group::Tp].size() > 1) (*groups_)[Group::Tp].all_reduce(&sums[1], 2);
     if ((*groups_)[Group::Ep].size() > 1) (*groups_)[Group::Ep].all_reduce(&sums[2], 1);
@@ -483,32 +546,37 @@ void Trainer::restore_resharded(const Plan& saved, std::int64_t step) {
   }
   if (sharded_) {
     const std::vector<ShardUnit>& units = sharded_->units();
+    const auto floats = static_cast<std::size_t>(state_floats());
+    std::vector<float> m_shards(floats), v_shards(floats);
     take_shards(units, hs_rank_, p.data(), sharded_->master().data());
-    take_shards(units, hs_rank_, m.data(), adam_m_.data());
-    take_shards(units, hs_rank_, v.data(), adam_v_.data());
+    take_shards(units, hs_rank_, m.data(), m_shards.data());
+    take_shards(units, hs_rank_, v.data(), v_shards.data());
+    set_adam_state(std::move(m_shards), std::move(v_shards));
   } else {
     params_ = std::move(p);
-    adam_m_ = std::move(m);
-    adam_v_ = std::move(v);
+    set_adam_state(std::move(m), std::move(v));
   }
   step_ = step;
 }
 
 void Trainer::save_checkpoint_now() {
   std::vector<NamedTensor> tensors;
+  // Whole-vector Adam state whatever the optimizer keeps, so the format does not depend on it.
+  std::vector<float> m, v;
+  whole_adam_state(m, v);
   if (sharded_) {
     const std::vector<float>& master = sharded_->master();
     const std::vector<std::int64_t> shape = {static_cast<std::int64_t>(master.size())};
     tensors.push_back({"shard.master", shape, master.data()});
-    tensors.push_back({"shard.exp_avg", shape, adam_m_.data()});
-    tensors.push_back({"shard.exp_avg_sq", shape, adam_v_.data()});
+    tensors.push_back({"shard.exp_avg", shape, m.data()});
+    tensors.push_back({"shard.exp_avg_sq", shape, v.data()});
   } else {
     for (const ParamTensor& t : model_->layout().tensors()) {
       tensors.push_back({t.name, t.shape, params_.data() + t.offset});
     }
     for (const ParamTensor& t : model_->layout().tensors()) {
-      tensors.push_back({"optimizer.exp_avg." + t.name, t.shape, adam_m_.data() + t.offset});
-      tensors.push_back({"optimizer.exp_avg_sq." + t.name, t.shape, adam_v_.data() + t.offset});
+      tensors.push_back({"optimizer.exp_avg." + t.name, t.shape, m.data() + t.offset});
+      tensors.push_back({"optimizer.exp_avg_sq." + t.name, t.shape, v.data() + t.offset});
     }
   }
   Json state;
@@ -524,19 +592,21 @@ void Trainer::save_checkpoint_now() {
 
 void Trainer::restore(const std::filesystem::path& dir) {
   const Checkpoint ckpt = load_checkpoint(dir);
+  std::vector<float> m(static_cast<std::size_t>(state_floats())), v(m.size());
   if (sharded_) {
     std::vector<float>& master = sharded_->master();
     const std::vector<std::int64_t> shape = {static_cast<std::int64_t>(master.size())};
     ckpt.copy_to("shard.master", master.data(), shape);
-    ckpt.copy_to("shard.exp_avg", adam_m_.data(), shape);
-    ckpt.copy_to("shard.exp_avg_sq", adam_v_.data(), shape);
+    ckpt.copy_to("shard.exp_avg", m.data(), shape);
+    ckpt.copy_to("shard.exp_avg_sq", v.data(), shape);
   } else {
     for (const ParamTensor& t : model_->layout().tensors()) {
       ckpt.copy_to(t.name, params_.data() + t.offset, t.shape);
-      ckpt.copy_to("optimizer.exp_avg." + t.name, adam_m_.data() + t.offset, t.shape);
-      ckpt.copy_to("optimizer.exp_avg_sq." + t.name, adam_v_.data() + t.offset, t.shape);
+      ckpt.copy_to("optimizer.exp_avg." + t.name, m.data() + t.offset, t.shape);
+      ckpt.copy_to("optimizer.exp_avg_sq." + t.name, v.data() + t.offset, t.shape);
     }
   }
+  set_adam_state(std::move(m), std::move(v));
   step_ = ckpt.step;
 }
 

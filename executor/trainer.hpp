@@ -10,6 +10,7 @@
 
 #include "core/plan.hpp"
 #include "core/run_log.hpp"
+#include "executor/dist_optimizer.hpp"
 #include "executor/mixtral.hpp"
 #include "executor/sharding.hpp"
 
@@ -85,6 +86,16 @@ class Trainer {
   // its shards (ShardedParameters gathers layer by layer and reduce-scatters gradients).
   void shard_parameters();
   void sharded_optimizer_step(double lr, double clip);
+  // The distributed optimizer's step: AdamW on the owned chunks, then the all-gather.
+  void distributed_optimizer_step(double lr, double clip);
+  // The vectors the optimizer works on: the shards with hs > 1, else the whole local buffers.
+  float* state_params() { return sharded_ ? sharded_->master().data() : params_.data(); }
+  float* state_grads() { return sharded_ ? sharded_->grad_shard().data() : grads_.data(); }
+  std::int64_t state_floats() const;
+  // Whole-vector Adam m and v (gathered from the owned chunks with the distributed optimizer: a
+  // collective over the replicas).
+  void whole_adam_state(std::vector<float>& m, std::vector<float>& v);
+  void set_adam_state(std::vector<float> m, std::vector<float> v);
 
   Plan plan_;
   TrainOptions options_;
@@ -96,6 +107,10 @@ class Trainer {
   std::vector<float> params_, grads_, adam_m_, adam_v_;
   std::int64_t hs_size_ = 1, hs_rank_ = 0;
   std::unique_ptr<ShardedParameters> sharded_;  // hs > 1; params_ and grads_ stay empty
+  // The units of the state vector (hs shards, or whole units with hs = 1).
+  std::vector<ShardUnit> units_;
+  // With the distributed optimizer and replicas: adam_m_ and adam_v_ hold the owned chunks only.
+  std::unique_ptr<DistributedOptimizer> dist_opt_;
   std::vector<std::uint32_t> tokens_;
   std::vector<std::int32_t> ids_, targets_;
   std::unique_ptr<RunLogWriter> log_;

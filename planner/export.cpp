@@ -91,10 +91,14 @@ Export export_megatron(const Plan& plan) {
   }
   add("--expert-model-parallel-size", std::to_string(l.ep));
   add("--expert-tensor-parallel-size", std::to_string(l.tp));
-  if (l.hs > 1) {
+  if (l.hs > 1 || l.distributed_optimizer) {
     add("--use-distributed-optimizer");
-    const std::int64_t instances = l.dp() / l.hs;
+    // Without moetune's distributed optimizer the replicas keep whole optimizer copies: one
+    // Megatron optimizer instance per replica, each sharded over its hs ranks.
+    const std::int64_t instances = l.distributed_optimizer ? 1 : l.dp() / l.hs;
     if (instances > 1) add("--num-distributed-optimizer-instances", std::to_string(instances));
+  }
+  if (l.hs > 1) {
     out.notes.push_back(
         "Megatron's distributed optimizer shards optimizer state and gradients over the hs=" +
         std::to_string(l.hs) +
@@ -165,6 +169,11 @@ Export export_smp(const Plan& plan) {
     throw InputError("SMP v2 has no optimizer offloading; plan again with --optimizer-offload off");
   }
   Export out;
+  if (l.distributed_optimizer) {
+    out.notes.push_back(
+        "SMP v2 keeps whole optimizer state on every hybrid-shard replica; the plan's distributed "
+        "optimizer cannot be requested, so SMP needs more memory than predicted");
+  }
   Json j;
   j["hybrid_shard_degree"] = l.hs;
   j["sm_activation_offloading"] = l.activation_offload;

@@ -162,6 +162,8 @@ SearchResult search(const ModelSpec& model, const ClusterSpec& cluster, const Tr
             l.recompute = recomputes.front();
             l.optimizer_offload = offloads.front();
             l.activation_offload = activation_offload;
+            l.distributed_optimizer =
+                pins.distributed_optimizer.value_or(true) && l.dense_replicas() > 1;
             if (pins.order) l.order = *pins.order;
             const std::int64_t dp = l.dp();
             std::vector<std::int64_t> mbs;

@@ -1,7 +1,7 @@
 // The planner: enumerates every layout of a model on a cluster (tp, pp with vpp, ep, hs, rep, every
-// distinct mesh order, micro-batch, recompute, optimizer offload), rejects the invalid ones with a
-// reason, simulates the rest, ranks them by an objective and marks the Pareto front of throughput
-// vs memory.
+// distinct mesh order, micro-batch, recompute, optimizer offload; the distributed optimizer
+// wherever there are replicas), rejects the invalid ones with a reason, simulates the rest, ranks
+// them by an objective and marks the Pareto front of throughput vs memory.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +24,10 @@ struct Pins {
   std::optional<Recompute> recompute;
   std::optional<bool> optimizer_offload;
   std::optional<bool> activation_offload;  // searched only when pinned to true
+  // Distributed optimizer wherever a layout has replicas, unless pinned off: it never needs more
+  // memory or time than plain replicas (reduce-scatter + all-gather move the bytes of one
+  // all-reduce, the gather in the working precision and hidden behind the next forward).
+  std::optional<bool> distributed_optimizer;
 };
 
 struct SearchOptions {

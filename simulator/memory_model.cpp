@@ -49,9 +49,17 @@ StageParams Simulator::stage_params(const Layout& l, std::int64_t stage) const {
   auto shard = [hs](double unit) {
     return static_cast<double>((static_cast<std::int64_t>(unit) + hs - 1) / hs);
   };
-  double largest_group = 0, sharded = 0;
+  // The distributed optimizer splits each unit's shard again over the unit's replicas (dense:
+  // ep x rep, experts: rep), padded to whole chunks.
+  const std::int64_t dense_r = l.distributed_optimizer ? l.dense_replicas() : 1;
+  const std::int64_t expert_r = l.distributed_optimizer ? l.expert_replicas() : 1;
+  auto chunk = [](double s, std::int64_t r) {
+    return static_cast<double>((static_cast<std::int64_t>(s) + r - 1) / r);
+  };
+  double largest_group = 0, sharded = 0, owned = 0;
   auto add_group = [&](double a, double b) {
     sharded += shard(a) + shard(b);
+    owned += chunk(shard(a), dense_r) + chunk(shard(b), expert_r);
     largest_group = std::max(largest_group, static_cast<double>(hs) * (shard(a) + shard(b)));
   };
   for (std::int64_t layer = stage * per_stage; layer < (stage + 1) * per_stage; ++layer) {
@@ -91,6 +99,7 @@ StageParams Simulator::stage_params(const Layout& l, std::int64_t stage) const {
   }
   sp.largest_unit = largest_group;
   sp.sharded = sharded;
+  sp.owned = owned;
   return sp;
 }
 
@@ -192,14 +201,22 @@ MemoryBreakdown Simulator::memory(const Layout& l, double* host_bytes_per_node,
     // Model state: fp32 master 4 + fp32 gradient accumulator 4 + Adam m, v 8 bytes per parameter,
     // all sharded over hs. Without sharding the GEMMs' working copy is resident (bf16: 2 bytes;
     // fp32: the master is the working copy). With sharding, layers are gathered on demand.
+    // The distributed optimizer keeps master and Adam state only for the owned part; the working
+    // copy of the whole shard stays (fp32: the master of the rest of it, refreshed by the
+    // all-gather after each step; bf16: a copy to compute with or to gather layers from).
+    const double owned = l.distributed_optimizer ? sp.owned : shard;
     if (!l.optimizer_offload) {
-      mem.parameters = 4.0 * shard + ((!fp32 && l.hs == 1) ? working * local : 0.0);
-      mem.optimizer = 8.0 * shard;
+      if (!l.distributed_optimizer) {
+        mem.parameters = 4.0 * shard + ((!fp32 && l.hs == 1) ? working * local : 0.0);
+      } else {
+        mem.parameters = fp32 ? 4.0 * shard : 4.0 * owned + working * shard;
+      }
+      mem.optimizer = 8.0 * owned;
     } else {
       // Master and Adam state live in host memory with a staging copy of the gradient shard; the
       // device keeps the working copy (whole without sharding, its shard with sharding).
       mem.parameters = working * (l.hs == 1 ? local : shard);
-      host += (4.0 + 8.0 + 4.0) * shard;
+      host += (4.0 + 8.0 + 4.0) * owned;
     }
     mem.gradients = 4.0 * shard;
     if (l.hs > 1) {

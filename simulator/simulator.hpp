@@ -23,6 +23,8 @@ struct StageParams {
   double largest_unit = 0;  // biggest all-gather group (a layer, the embedding, the final norm
                             // and LM head) of this rank's share, its shard units padded to hs
   double sharded = 0;       // this rank's parameters under hs sharding (padded shards)
+  double owned = 0;  // distributed optimizer: the part of the shards whose master and Adam state
+                     // this rank keeps (each unit's shard split over its replicas, padded)
   std::int64_t moe_layers = 0;
   std::int64_t dense_layers = 0;
   bool first = false;  // holds the embedding

@@ -26,7 +26,7 @@ struct MeshLines {
   const CollectiveModel* model = nullptr;
   std::array<std::int64_t, kNumAxes + kNumAxes> key{};  // degrees and order
   CollectiveCost ep_a2a, ep_gather, tp_gather, tp_scatter, hs_gather, hs_scatter, dense_ar,
-      expert_ar;
+      expert_ar, dense_rs, expert_rs, dense_ag, expert_ag;
   AlphaBeta p2p;
 };
 
@@ -49,6 +49,10 @@ const MeshLines& mesh_lines(const CollectiveModel& model, const Layout& l, const
   memo.hs_scatter = model.cost(Collective::ReduceScatter, mesh, Group::Hs);
   memo.dense_ar = model.cost(Collective::AllReduce, mesh, Group::DenseReplicate);
   memo.expert_ar = model.cost(Collective::AllReduce, mesh, Group::ExpertReplicate);
+  memo.dense_rs = model.cost(Collective::ReduceScatter, mesh, Group::DenseReplicate);
+  memo.expert_rs = model.cost(Collective::ReduceScatter, mesh, Group::ExpertReplicate);
+  memo.dense_ag = model.cost(Collective::AllGather, mesh, Group::DenseReplicate);
+  memo.expert_ag = model.cost(Collective::AllGather, mesh, Group::ExpertReplicate);
   memo.p2p = model.p2p(mesh);
   return memo;
 }
@@ -222,15 +226,32 @@ TimeBreakdown Simulator::time(const Layout& l, const Mesh& mesh) const {
   const double micro_batches = accum * mb.makespan_s;
 
   // Gradient all-reduce over the replicas once per step; it overlaps the last micro-batch's
-  // backward pass as far as that lasts.
+  // backward pass as far as that lasts. The distributed optimizer reduce-scatters instead (hidden
+  // the same way) and all-gathers the updated parameters in the working precision, which hides
+  // behind the next step's first forward pass (Megatron's overlap_param_gather).
   const double local_dense = busiest.tp_split / l.tp + busiest.tp_replicated;
   const double local_expert = busiest.experts / (l.ep * l.tp);
   const double hs = static_cast<double>(l.hs);
-  const double all_reduce = lines.dense_ar.seconds(4.0 * local_dense / hs) +
-                            lines.expert_ar.seconds(4.0 * local_expert / hs);
-  const double ar_hidden = std::min(all_reduce, mb.makespan_s - mb.forward_s);
-  out.all_reduce = all_reduce - ar_hidden;
-  out.overlapped_comm += ar_hidden;
+  const double last_backward = mb.makespan_s - mb.forward_s;
+  double replica_tail = 0;
+  if (!l.distributed_optimizer) {
+    const double all_reduce = lines.dense_ar.seconds(4.0 * local_dense / hs) +
+                              lines.expert_ar.seconds(4.0 * local_expert / hs);
+    const double ar_hidden = std::min(all_reduce, last_backward);
+    out.all_reduce = all_reduce - ar_hidden;
+    out.overlapped_comm += ar_hidden;
+  } else {
+    const double scatter = lines.dense_rs.seconds(4.0 * local_dense / hs) +
+                           lines.expert_rs.seconds(4.0 * local_expert / hs);
+    const double gather = lines.dense_ag.seconds(a * local_dense / hs) +
+                          lines.expert_ag.seconds(a * local_expert / hs);
+    const double scatter_hidden = std::min(scatter, last_backward);
+    const double gather_hidden = std::min(gather, mb.forward_s);
+    out.reduce_scatter += scatter - scatter_hidden;
+    out.all_gather += gather - gather_hidden;
+    out.overlapped_comm += scatter_hidden + gather_hidden;
+    replica_tail = (scatter - scatter_hidden) + (gather - gather_hidden);
+  }
 
   // 1F1B: (pp - 1) / vpp micro-batch slots of bubble, plus stage-to-stage activations.
   if (l.pp > 1) {
@@ -244,7 +265,8 @@ TimeBreakdown Simulator::time(const Layout& l, const Mesh& mesh) const {
   const HardwareProfile& dev = cluster_.device;
   const double mem_rate = dev.memory_bandwidth_GBps * 1e9 * dev.memory_bound_efficiency;
   const double link_Bps = cluster_.host.link_bandwidth_GBps * 1e9;
-  const double optimizer_params = (local_dense + local_expert) / hs;
+  const double optimizer_params =
+      l.distributed_optimizer ? busiest.owned : (local_dense + local_expert) / hs;
   if (!l.optimizer_offload) {
     out.optimizer = (4.0 * 4.0 + 3.0 * 4.0 + a) * optimizer_params / mem_rate;
   } else {
@@ -265,7 +287,8 @@ TimeBreakdown Simulator::time(const Layout& l, const Mesh& mesh) const {
     out.offload += exposed;
     out.overlapped_comm += transfer - exposed;
   }
-  out.step = micro_batches + out.all_reduce + out.pipeline + out.optimizer + out.offload;
+  out.step =
+      micro_batches + out.all_reduce + replica_tail + out.pipeline + out.optimizer + out.offload;
   return out;
 }
 

@@ -103,6 +103,7 @@ TEST_CASE("a plan with a prediction round-trips through plan.json", "[core][json
   plan.layout.micro_batch = 2;
   plan.layout.recompute = Recompute::Full;
   plan.layout.optimizer_offload = true;
+  plan.layout.distributed_optimizer = true;
   REQUIRE_FALSE(check_layout(plan.model, plan.cluster, plan.train, plan.layout).has_value());
   // A prediction filled by hand with values that have no short decimal form (thirds, sevenths),
   // so an inexact double writer would show up. The simulator's own predictions round-trip in

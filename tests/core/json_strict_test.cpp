@@ -220,3 +220,13 @@ TEST_CASE("Hugging Face configs that moetune cannot honour are refused", "[core]
                       Contains("num_experts_per_tok=9 exceeds 8 experts"));
   }
 }
+
+TEST_CASE("a plan written before the distributed optimizer existed reads as plain replicas",
+          "[core][json]") {
+  Json j = tiny_plan_json();
+  CHECK(j["layout"]["distributed_optimizer"] == false);
+  j["layout"].erase("distributed_optimizer");
+  CHECK_FALSE(read(j).layout.distributed_optimizer);
+  j["layout"]["distributed_optimizer"] = "yes";
+  CHECK_THROWS_WITH(read(j), Contains("plan.layout.distributed_optimizer: expected true or false"));
+}

@@ -107,7 +107,7 @@ TEST_CASE("every tp x ep x hs x rep layout gives the single-rank run", "[mpi]") 
   // Two micro-batches of 4 sequences per step in every layout: the single-rank reference runs
   // micro-batches of 4, and a layout with data-parallel width dp gives each rank 4 / dp.
   const Run reference = train(tiny_plan(1, 4), nullptr);
-  int layouts = 0;
+  int layouts = 0, distributed = 0;
   for (std::int64_t tp = 1; tp <= 2; ++tp) {
     for (std::int64_t ep = 1; ep * tp <= w; ep *= 2) {
       for (std::int64_t hs = 1; tp * ep * hs <= w; hs *= 2) {
@@ -118,11 +118,22 @@ TEST_CASE("every tp x ep x hs x rep layout gives the single-rank run", "[mpi]") 
         plan.layout.ep = ep;
         plan.layout.hs = hs;
         plan.layout.rep = w / (tp * ep * hs);
+        // Plain replicas, and the distributed optimizer wherever there are replicas.
+        std::vector<Layout> variants;
         for (const MeshOrder& order : orders_of(plan.layout)) {
-          plan.layout.order = order;
+          Layout l = plan.layout;
+          l.order = order;
+          variants.push_back(l);
+          if (l.dense_replicas() > 1) {
+            l.distributed_optimizer = true;
+            variants.push_back(l);
+          }
+        }
+        for (const Layout& variant : variants) {
+          plan.layout = variant;
           ProcessGroups groups = make_mpi_groups(plan.layout, w);
           const Run run = train(plan, &groups);
-          ++layouts;
+          ++(variant.distributed_optimizer ? distributed : layouts);
           INFO(describe(plan.layout));
           // Same tokens, same model; only the fp32 summation order differs (gradients summed over
           // ranks, routing statistics all-reduced): 1e-5 relative on the losses. Weights within
@@ -151,8 +162,10 @@ TEST_CASE("every tp x ep x hs x rep layout gives the single-rank run", "[mpi]") 
     }
   }
   // W = 2: tp1 with (ep,hs,rep) in {1,1,2}, {1,2,1}, {2,1,1}, and tp2 alone: 4 layouts. W = 4:
-  // 9 with tp1 (every order), and 3 with tp2 ((ep,hs,rep) over the other 2 ranks).
+  // 9 with tp1 (every order), and 3 with tp2 ((ep,hs,rep) over the other 2 ranks). Those with
+  // ep x rep > 1 run again with the distributed optimizer: 2 at W = 2; 8 + 2 at W = 4.
   CHECK(layouts == (w == 2 ? 4 : 12));
+  CHECK(distributed == (w == 2 ? 2 : 10));
 }
 
 TEST_CASE("sharded checkpoints resume bit-identically on every rank", "[mpi][checkpoint]") {
@@ -160,6 +173,10 @@ TEST_CASE("sharded checkpoints resume bit-identically on every rank", "[mpi][che
   Plan plan = tiny_plan(w, 8 / (2 * w));
   plan.layout.ep = 2;
   plan.layout.hs = w / 2;
+  // With ep = 2 the dense parameters have replicas: the distributed optimizer's chunks of Adam
+  // state must come back exactly as well.
+  plan.layout.distributed_optimizer = GENERATE(false, true);
+  INFO(describe(plan.layout));
   // Every rank uses the same folder name: rank 0 makes it and tells the others.
   char dir_name[] = "/tmp/moetune-mpi-ckpt-XXXXXX";
   int rank = 0;
@@ -243,6 +260,8 @@ TEST_CASE("checkpoints re-shard into another layout and world size", "[mpi][chec
     Plan source = tiny_plan(w, 4 / w);
     source.layout.ep = 2;
     source.layout.hs = w / 2;
+    source.layout.distributed_optimizer = GENERATE(false, true);  // Adam state in chunks
+    INFO(describe(source.layout));
     {
       ProcessGroups groups = make_mpi_groups(source.layout, w);
       TrainOptions first;

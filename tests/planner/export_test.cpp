@@ -92,6 +92,23 @@ TEST_CASE("Megatron-LM export of an ep=2 plan", "[planner][export]") {
   CHECK_THAT(e.notes[0], Contains("hs=8"));
 }
 
+TEST_CASE("Megatron-LM and SMP exports of a plan with the distributed optimizer",
+          "[planner][export]") {
+  Plan plan = mixtral_plan(1, 2, 1);  // rep 8
+  plan.layout.distributed_optimizer = true;
+  const planner::Export megatron = planner::export_megatron(plan);
+  CAPTURE(megatron.text);
+  // One optimizer instance sharded over all data-parallel ranks: Megatron's default.
+  CHECK_THAT(megatron.text, Contains("--use-distributed-optimizer"));
+  CHECK_THAT(megatron.text, !Contains("--num-distributed-optimizer-instances"));
+  CHECK(megatron.notes.empty());
+  const planner::Export smp = planner::export_smp(plan);
+  REQUIRE(smp.notes.size() == 1);
+  CHECK_THAT(smp.notes[0], Contains("distributed optimizer"));
+  plan.layout.distributed_optimizer = false;
+  CHECK_THAT(planner::export_megatron(plan).text, !Contains("--use-distributed-optimizer"));
+}
+
 TEST_CASE("Megatron-LM export: tp, pp, recompute and a mesh order it cannot express",
           "[planner][export]") {
   SECTION("tp=2 turns on sequence parallelism") {

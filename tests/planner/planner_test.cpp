@@ -257,3 +257,22 @@ TEST_CASE("every candidate's figures equal a fresh prediction of its layout", "[
   CHECK(r.fitting ==
         std::count_if(r.ranked.begin(), r.ranked.end(), [](const Candidate& c) { return c.fits; }));
 }
+
+TEST_CASE("the distributed optimizer is on wherever a layout has replicas, unless pinned off",
+          "[planner][search]") {
+  const Setup s = tiny_cpu(4);
+  const SearchResult searched = run(s);
+  int with_replicas = 0;
+  for (const Candidate& c : searched.ranked) {
+    INFO(describe(c.layout));
+    CHECK(c.layout.distributed_optimizer == (c.layout.dense_replicas() > 1));
+    with_replicas += c.layout.dense_replicas() > 1 ? 1 : 0;
+  }
+  CHECK(with_replicas > 0);
+  SearchOptions off;
+  off.pins.distributed_optimizer = false;
+  const SearchResult plain = run(s, off);
+  REQUIRE(plain.ranked.size() == searched.ranked.size());
+  for (const Candidate& c : plain.ranked)
+    CHECK_FALSE(c.layout.distributed_optimizer);
+}

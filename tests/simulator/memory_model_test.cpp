@@ -344,3 +344,46 @@ TEST_CASE("expert load factor: skew raises the busiest rank, balanced routing do
   CHECK(sim_with(LoadBalancing::AuxLoss, 0.2, false).expert_load_factor(layout(1, 4, 2)) ==
         Approx(1.0 + z4 * std::sqrt(0.04 * 6.0 / 14.0 + s4)).epsilon(1e-12));
 }
+
+TEST_CASE("(i) the distributed optimizer splits master and Adam state over the replicas",
+          "[simulator][memory]") {
+  // Each unit (the embedding, a layer's dense part, its experts, the final norm with the head) is
+  // split into chunks over its replicas: dense units over ep x rep, expert units over rep.
+  SECTION("rep = 4, fp32: Adam state / 4, the master (the working copy) stays whole") {
+    const Simulator sim = cpu(4);
+    Layout l = layout(1, 1, 1);
+    l.rep = 4;
+    l.distributed_optimizer = true;
+    require_valid(sim, l);
+    // Units: embedding 32,768; per layer dense 12,288 + 384 = 12,672 and experts 73,728; final
+    // norm + head 32,832. Each divides by 4: owned = kP / 4 = 59,600.
+    const MemoryBreakdown m = sim.memory(l, nullptr);
+    CHECK(sim.stage_params(l, 0).owned == kP / 4);
+    CHECK(m.parameters == 4 * kP);
+    CHECK(m.gradients == 4 * kP);
+    CHECK(m.optimizer == 8 * kP / 4);
+  }
+  SECTION("ep = 2, bf16: dense state over the 2 ep ranks, experts have no replica") {
+    const Simulator sim = gpu(2);
+    Layout l = layout(1, 2, 1);
+    l.distributed_optimizer = true;
+    require_valid(sim, l);
+    // local = 164,672: dense 90,944 owned / 2 = 45,472, experts 73,728 whole.
+    const double owned = 90'944 / 2 + 73'728;
+    const MemoryBreakdown m = sim.memory(l, nullptr);
+    CHECK(sim.stage_params(l, 0).owned == owned);
+    CHECK(m.parameters == 4 * owned + 2 * 164'672.0);  // fp32 master of the chunks, bf16 copy
+    CHECK(m.optimizer == 8 * owned);
+    CHECK(m.gradients == 4 * 164'672.0);
+  }
+  SECTION("uneven units are padded to whole chunks") {
+    const Simulator sim = cpu(3);
+    Layout l = layout(1, 1, 1);
+    l.rep = 3;
+    l.distributed_optimizer = true;
+    // ceil(32,768 / 3) + 2 * (ceil(12,672 / 3) + ceil(73,728 / 3)) + ceil(32,832 / 3)
+    // = 10,923 + 2 * (4,224 + 24,576) + 10,944 = 79,467.
+    CHECK(sim.stage_params(l, 0).owned == 79'467);
+    CHECK(sim.memory(l, nullptr).optimizer == 8 * 79'467.0);
+  }
+}
