@@ -60,6 +60,7 @@ SetupPanel::SetupPanel(QWidget* parent)
       recompute_(choice_combo(this, {"search", "none", "full"})),
       optimizer_offload_(choice_combo(this, {"search", "off", "on"})),
       activation_offload_(new QCheckBox(tr("offload activations"), this)),
+      distributed_optimizer_(new QCheckBox(tr("distributed optimizer over replicas"), this)),
       load_balancing_(choice_combo(this, {"aux_loss", "sinkhorn", "none"})),
       capacity_factor_(new QDoubleSpinBox(this)),
       dispatcher_(choice_combo(this, {"alltoall", "allgather"})),
@@ -102,6 +103,11 @@ SetupPanel::SetupPanel(QWidget* parent)
   form->addRow(tr("recompute"), recompute_);
   form->addRow(tr("optimizer offload"), optimizer_offload_);
   form->addRow(QString(), activation_offload_);
+  distributed_optimizer_->setChecked(true);
+  distributed_optimizer_->setToolTip(
+      tr("Split fp32 master weights and Adam state over the replicas (ZeRO-1, Megatron's "
+         "--use-distributed-optimizer); unchecked, every replica keeps the whole optimizer"));
+  form->addRow(QString(), distributed_optimizer_);
   form->addRow(tr("load balancing"), load_balancing_);
   form->addRow(tr("capacity factor"), capacity_factor_);
   form->addRow(tr("dispatcher"), dispatcher_);
@@ -120,6 +126,7 @@ SetupPanel::SetupPanel(QWidget* parent)
     connect(c, &QComboBox::currentIndexChanged, this, &SetupPanel::edited);
   }
   connect(activation_offload_, &QCheckBox::toggled, this, &SetupPanel::edited);
+  connect(distributed_optimizer_, &QCheckBox::toggled, this, &SetupPanel::edited);
 }
 
 void SetupPanel::browse(QComboBox* target, const QString& title) {
@@ -205,6 +212,7 @@ Setup SetupPanel::readSetup() const {
     pins.optimizer_offload = optimizer_offload_->currentText() == QLatin1String("on");
   }
   if (activation_offload_->isChecked()) pins.activation_offload = true;
+  if (!distributed_optimizer_->isChecked()) pins.distributed_optimizer = false;
   s.options.objective = planner::parse_objective(objective_->currentText().toStdString());
   return s;
 }
@@ -221,6 +229,7 @@ void SetupPanel::showPlan(const Plan& plan) {
                                    QSignalBlocker(recompute_),
                                    QSignalBlocker(optimizer_offload_),
                                    QSignalBlocker(activation_offload_),
+                                   QSignalBlocker(distributed_optimizer_),
                                    QSignalBlocker(load_balancing_),
                                    QSignalBlocker(capacity_factor_),
                                    QSignalBlocker(dispatcher_)};
@@ -240,6 +249,8 @@ void SetupPanel::showPlan(const Plan& plan) {
   recompute_->setCurrentIndex(0);
   optimizer_offload_->setCurrentIndex(0);
   activation_offload_->setChecked(plan.layout.activation_offload);
+  distributed_optimizer_->setChecked(plan.layout.distributed_optimizer ||
+                                     plan.layout.dense_replicas() == 1);
   load_balancing_->setCurrentText(QString::fromStdString(to_string(plan.train.moe.load_balancing)));
   capacity_factor_->setValue(plan.train.moe.capacity_factor);
   dispatcher_->setCurrentText(QString::fromStdString(to_string(plan.train.moe.dispatcher)));

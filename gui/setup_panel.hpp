@@ -56,6 +56,7 @@ class SetupPanel : public QWidget {
   QComboBox* recompute_;
   QComboBox* optimizer_offload_;
   QCheckBox* activation_offload_;
+  QCheckBox* distributed_optimizer_;  // unchecked pins plain replicas
   QComboBox* load_balancing_;
   QDoubleSpinBox* capacity_factor_;
   QComboBox* dispatcher_;

@@ -216,6 +216,8 @@ void GuiTest::changeEpMatchesCli() {
                       l.optimizer_offload ? "on" : "off",
                       "--activation-offload",
                       l.activation_offload ? "on" : "off",
+                      "--distributed-optimizer",
+                      l.distributed_optimizer ? "on" : "off",
                       "--json"};
   QProcess cli;
   cli.start(QStringLiteral(MOETUNE_BINARY), args);
@@ -225,6 +227,7 @@ void GuiTest::changeEpMatchesCli() {
   QCOMPARE(j["ep"].get<std::int64_t>(), l.ep);
   QCOMPARE(j["hs"].get<std::int64_t>(), l.hs);
   QCOMPARE(j["rep"].get<std::int64_t>(), l.rep);
+  QCOMPARE(j["distributed_optimizer"].get<bool>(), l.distributed_optimizer);
   // JSON text carries doubles with round-trip precision, so the figures agree exactly.
   QCOMPARE(j["fits"].get<bool>(), p.fits);
   QCOMPARE(j["peak_memory_bytes"].get<double>(), p.peak_memory_bytes);
