@@ -28,9 +28,10 @@ std::string value_text(double v) {
 std::string short_layout(const Layout& l) {
   char buf[128];
   std::snprintf(
-      buf, sizeof buf, "tp=%lld ep=%lld hs=%lld rep=%lld mb=%lld%s", static_cast<long long>(l.tp),
+      buf, sizeof buf, "tp=%lld ep=%lld hs=%lld rep=%lld mb=%lld%s%s", static_cast<long long>(l.tp),
       static_cast<long long>(l.ep), static_cast<long long>(l.hs), static_cast<long long>(l.rep),
-      static_cast<long long>(l.micro_batch), l.recompute == Recompute::Full ? " recompute" : "");
+      static_cast<long long>(l.micro_batch), l.recompute == Recompute::Full ? " recompute" : "",
+      l.distributed_optimizer ? " dopt" : "");
   return buf;
 }
 

@@ -37,6 +37,18 @@ QComboBox* choice_combo(QWidget* parent, const QStringList& items) {
   return combo;
 }
 
+QDoubleSpinBox* real_spin(QWidget* parent, const char* name, double min, double max, int decimals,
+                          double step, double value) {
+  auto* s = new QDoubleSpinBox(parent);
+  s->setObjectName(QLatin1String(name));
+  s->setRange(min, max);
+  s->setDecimals(decimals);
+  s->setSingleStep(step);
+  s->setValue(value);
+  s->setKeyboardTracking(false);
+  return s;
+}
+
 QSpinBox* spin(QWidget* parent, int min, int max, int value) {
   auto* s = new QSpinBox(parent);
   s->setRange(min, max);
@@ -77,6 +89,21 @@ SetupPanel::SetupPanel(QWidget* parent)
   capacity_factor_->setKeyboardTracking(false);
   setModelSource(QStringLiteral("mixtral-8x7b"));
   setClusterSource(QStringLiteral("p4d.24xlarge"));
+  // Training settings, with the CLI's defaults (TrainSpec's; the aux-loss coefficient the model's).
+  const TrainSpec defaults;
+  const OptimizerSpec& opt = defaults.optimizer;
+  aux_loss_coef_ = real_spin(this, "aux_loss_coef", -1, 10, 5, 0.001, -1);
+  aux_loss_coef_->setSpecialValueText(tr("model's"));
+  z_loss_coef_ = real_spin(this, "z_loss_coef", 0, 10, 6, 0.0001, defaults.moe.z_loss_coef);
+  lr_ = real_spin(this, "lr", 0, 10, 8, 0.0001, opt.lr);
+  min_lr_ = real_spin(this, "min_lr", 0, 10, 8, 0.00001, opt.min_lr);
+  warmup_steps_ = spin(this, 0, 1 << 30, static_cast<int>(opt.warmup_steps));
+  warmup_steps_->setObjectName(QStringLiteral("warmup_steps"));
+  decay_steps_ = spin(this, 1, 1 << 30, static_cast<int>(opt.decay_steps));
+  decay_steps_->setObjectName(QStringLiteral("decay_steps"));
+  weight_decay_ = real_spin(this, "weight_decay", 0, 10, 5, 0.01, opt.weight_decay);
+  grad_clip_ = real_spin(this, "grad_clip", 0, 1e6, 4, 0.1, opt.grad_clip);
+  grad_clip_->setSpecialValueText(tr("off"));
 
   auto with_browse = [this](QComboBox* combo, const QString& title) {
     auto* row = new QWidget(this);
@@ -112,6 +139,14 @@ SetupPanel::SetupPanel(QWidget* parent)
   form->addRow(tr("capacity factor"), capacity_factor_);
   form->addRow(tr("dispatcher"), dispatcher_);
   form->addRow(tr("rank by"), objective_);
+  form->addRow(tr("aux-loss coef"), aux_loss_coef_);
+  form->addRow(tr("z-loss coef"), z_loss_coef_);
+  form->addRow(tr("learning rate"), lr_);
+  form->addRow(tr("min learning rate"), min_lr_);
+  form->addRow(tr("warmup steps"), warmup_steps_);
+  form->addRow(tr("decay steps"), decay_steps_);
+  form->addRow(tr("weight decay"), weight_decay_);
+  form->addRow(tr("grad-norm clip"), grad_clip_);
 
   for (QComboBox* c : {model_, cluster_}) {
     connect(c->lineEdit(), &QLineEdit::editingFinished, this, &SetupPanel::edited);
@@ -120,7 +155,13 @@ SetupPanel::SetupPanel(QWidget* parent)
   for (QSpinBox* s : {nodes_, devices_per_node_, seq_, global_batch_, micro_batch_}) {
     connect(s, &QSpinBox::valueChanged, this, &SetupPanel::edited);
   }
-  connect(capacity_factor_, &QDoubleSpinBox::valueChanged, this, &SetupPanel::edited);
+  for (QDoubleSpinBox* d :
+       {capacity_factor_, aux_loss_coef_, z_loss_coef_, lr_, min_lr_, weight_decay_, grad_clip_}) {
+    connect(d, &QDoubleSpinBox::valueChanged, this, &SetupPanel::edited);
+  }
+  for (QSpinBox* s : {warmup_steps_, decay_steps_}) {
+    connect(s, &QSpinBox::valueChanged, this, &SetupPanel::edited);
+  }
   for (QComboBox* c :
        {precision_, recompute_, optimizer_offload_, load_balancing_, dispatcher_, objective_}) {
     connect(c, &QComboBox::currentIndexChanged, this, &SetupPanel::edited);
@@ -184,13 +225,22 @@ Setup SetupPanel::readSetup() const {
     s.cluster = load_cluster(cluster_text.toStdString(), nodes_->value(), dpn);
   }
   // As the CLI: TrainSpec defaults, the model's aux-loss coefficient, bf16 on GPUs and fp32 on
-  // CPUs unless chosen; a loaded plan keeps its own optimizer, coefficients and seed.
-  if (plan_train_ && plan_model) {
-    s.train = *plan_train_;
-  } else {
-    s.train = TrainSpec{};
-    s.train.moe.aux_loss_coef = s.model.router_aux_loss_coef;
-    s.train.optimizer.min_lr = s.train.optimizer.lr / 10.0;
+  // CPUs unless chosen; a loaded plan keeps its own Adam betas, eps and seed. The coefficients and
+  // the schedule come from the training settings (which show a loaded plan's own).
+  s.train = plan_train_ && plan_model ? *plan_train_ : TrainSpec{};
+  s.train.moe.aux_loss_coef =
+      aux_loss_coef_->value() < 0 ? s.model.router_aux_loss_coef : aux_loss_coef_->value();
+  s.train.moe.z_loss_coef = z_loss_coef_->value();
+  OptimizerSpec& opt = s.train.optimizer;
+  opt.lr = lr_->value();
+  opt.min_lr = min_lr_->value();
+  opt.warmup_steps = warmup_steps_->value();
+  opt.decay_steps = decay_steps_->value();
+  opt.weight_decay = weight_decay_->value();
+  opt.grad_clip = grad_clip_->value();
+  if (opt.min_lr > opt.lr) {
+    throw InputError("the min learning rate (" + std::to_string(opt.min_lr) +
+                     ") is above the learning rate (" + std::to_string(opt.lr) + ")");
   }
   s.train.seq_len = seq_->value();
   s.train.global_batch = global_batch_->value();
@@ -232,7 +282,15 @@ void SetupPanel::showPlan(const Plan& plan) {
                                    QSignalBlocker(distributed_optimizer_),
                                    QSignalBlocker(load_balancing_),
                                    QSignalBlocker(capacity_factor_),
-                                   QSignalBlocker(dispatcher_)};
+                                   QSignalBlocker(dispatcher_),
+                                   QSignalBlocker(aux_loss_coef_),
+                                   QSignalBlocker(z_loss_coef_),
+                                   QSignalBlocker(lr_),
+                                   QSignalBlocker(min_lr_),
+                                   QSignalBlocker(warmup_steps_),
+                                   QSignalBlocker(decay_steps_),
+                                   QSignalBlocker(weight_decay_),
+                                   QSignalBlocker(grad_clip_)};
   plan_model_ = plan.model;
   plan_cluster_ = plan.cluster;
   plan_train_ = plan.train;
@@ -254,6 +312,15 @@ void SetupPanel::showPlan(const Plan& plan) {
   load_balancing_->setCurrentText(QString::fromStdString(to_string(plan.train.moe.load_balancing)));
   capacity_factor_->setValue(plan.train.moe.capacity_factor);
   dispatcher_->setCurrentText(QString::fromStdString(to_string(plan.train.moe.dispatcher)));
+  aux_loss_coef_->setValue(plan.train.moe.aux_loss_coef);
+  z_loss_coef_->setValue(plan.train.moe.z_loss_coef);
+  const OptimizerSpec& opt = plan.train.optimizer;
+  lr_->setValue(opt.lr);
+  min_lr_->setValue(opt.min_lr);
+  warmup_steps_->setValue(static_cast<int>(opt.warmup_steps));
+  decay_steps_->setValue(static_cast<int>(opt.decay_steps));
+  weight_decay_->setValue(opt.weight_decay);
+  grad_clip_->setValue(opt.grad_clip);
 }
 
 }  // namespace moetune::gui

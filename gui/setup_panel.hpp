@@ -38,6 +38,8 @@ class SetupPanel : public QWidget {
   void setNodes(int nodes);
   void setDevicesPerNode(int devices);  // 0: the preset's
   void setSequence(int seq_len, int global_batch);
+  // The training settings' widgets by name ("aux_loss_coef", "z_loss_coef", "lr", "min_lr",
+  // "weight_decay", "grad_clip"; "warmup_steps" and "decay_steps" are spin boxes), for tests.
 
  signals:
   // Any input changed (the window re-plans after a short pause).
@@ -61,6 +63,15 @@ class SetupPanel : public QWidget {
   QDoubleSpinBox* capacity_factor_;
   QComboBox* dispatcher_;
   QComboBox* objective_;
+  // Training settings (what `moetune train` takes as flags): router loss coefficients and AdamW.
+  QDoubleSpinBox* aux_loss_coef_ = nullptr;  // below 0: the model's router_aux_loss_coef
+  QDoubleSpinBox* z_loss_coef_ = nullptr;
+  QDoubleSpinBox* lr_ = nullptr;
+  QDoubleSpinBox* min_lr_ = nullptr;
+  QSpinBox* warmup_steps_ = nullptr;
+  QSpinBox* decay_steps_ = nullptr;
+  QDoubleSpinBox* weight_decay_ = nullptr;
+  QDoubleSpinBox* grad_clip_ = nullptr;
   // A loaded plan's own specs, shown under these labels.
   std::optional<ModelSpec> plan_model_;
   std::optional<ClusterSpec> plan_cluster_;

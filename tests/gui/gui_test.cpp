@@ -6,10 +6,12 @@
 #include <QAction>
 #include <QClipboard>
 #include <QComboBox>
+#include <QDoubleSpinBox>
 #include <QMessageBox>
 #include <QPlainTextEdit>
 #include <QProcess>
 #include <QSignalSpy>
+#include <QSpinBox>
 #include <QTableView>
 #include <QTableWidget>
 #include <QTemporaryDir>
@@ -18,6 +20,7 @@
 #include <cmath>
 
 #include "core/constraints.hpp"
+#include "core/error.hpp"
 #include "core/json_reader.hpp"
 #include "core/presets.hpp"
 #include "core/units.hpp"
@@ -92,6 +95,7 @@ class GuiTest : public QObject {
   void invalidValueCannotBeEntered();
   void chartsSelectLayouts();
   void planRoundTrip();
+  void trainingSettingsReachThePlan();
   void launchTinyTraining();
   void stopEndsRun();
   void calibrateReloadsCluster();
@@ -385,6 +389,64 @@ void GuiTest::planRoundTrip() {
   QVERIFY(copy != nullptr);
   copy->trigger();
   QCOMPARE(QGuiApplication::clipboard()->text(), command);
+}
+
+void GuiTest::trainingSettingsReachThePlan() {
+  MainWindow w;
+  w.show();
+  plan_tiny(w);
+  SetupPanel* setup = w.setupPanel();
+  auto real = [setup](const char* name) {
+    auto* box = setup->findChild<QDoubleSpinBox*>(QLatin1String(name));
+    if (box == nullptr) qFatal("no %s setting", name);
+    return box;
+  };
+  auto* warmup = setup->findChild<QSpinBox*>(QStringLiteral("warmup_steps"));
+  QVERIFY(warmup != nullptr);
+  // Defaults as the CLI's: TrainSpec's, the aux-loss coefficient the model's.
+  const Setup defaults = setup->readSetup();
+  QCOMPARE(defaults.train.optimizer, TrainSpec{}.optimizer);
+  QCOMPARE(defaults.train.moe.aux_loss_coef, load_model("tiny").router_aux_loss_coef);
+
+  real("lr")->setValue(0.002);
+  real("min_lr")->setValue(0.0002);
+  real("aux_loss_coef")->setValue(0.03);
+  real("z_loss_coef")->setValue(0.001);
+  real("weight_decay")->setValue(0.05);
+  real("grad_clip")->setValue(0.5);
+  warmup->setValue(7);
+  w.replan();  // at once instead of after the edit pause
+  QVERIFY(wait_idle(w));
+  const TrainSpec t = w.session()->setup().train;
+  QVERIFY(setup->readSetup().train == t);
+  QCOMPARE(t.optimizer.lr, 0.002);
+  QCOMPARE(t.optimizer.min_lr, 0.0002);
+  QCOMPARE(t.optimizer.warmup_steps, std::int64_t{7});
+  QCOMPARE(t.optimizer.weight_decay, 0.05);
+  QCOMPARE(t.optimizer.grad_clip, 0.5);
+  QCOMPARE(t.moe.aux_loss_coef, 0.03);
+  QCOMPARE(t.moe.z_loss_coef, 0.001);
+
+  // The plan the launch panel writes carries them, and a window that opens it shows them again.
+  QTemporaryDir dir;
+  w.launchPanel()->setRunDir(dir.filePath(QStringLiteral("run")));
+  w.launchPanel()->writePlanAndCommand();
+  const QString file = dir.filePath(QStringLiteral("run/plan.json"));
+  QVERIFY(read_plan_file(file.toStdString()).train == t);
+  MainWindow again;
+  QVERIFY(again.openPlan(file));
+  QVERIFY(wait_idle(again));
+  QVERIFY(again.setupPanel()->readSetup().train == t);
+
+  // A min learning rate above the learning rate is refused with the reason.
+  real("min_lr")->setValue(0.01);
+  bool refused = false;
+  try {
+    (void)setup->readSetup();
+  } catch (const InputError& e) {
+    refused = QString::fromUtf8(e.what()).contains(QStringLiteral("min learning rate"));
+  }
+  QVERIFY(refused);
 }
 
 void GuiTest::launchTinyTraining() {
