@@ -126,6 +126,13 @@ void add_layout_options(CLI::App& app, LayoutOptions& o) {
   app.add_option("--tp", o.tp, "tensor-parallel degree")->check(positive);
   app.add_option("--pp", o.pp, "pipeline stages")->check(positive);
   app.add_option("--vpp", o.vpp, "virtual stages per pipeline rank")->check(positive);
+  app.add_option("--first-stage-layers", o.first_stage_layers,
+                 "uneven pipeline: layers of the first stage (with --last-stage-layers; the "
+                 "middle stages split the rest evenly)")
+      ->check(positive);
+  app.add_option("--last-stage-layers", o.last_stage_layers,
+                 "uneven pipeline: layers of the last stage")
+      ->check(positive);
   app.add_option("--ep", o.ep, "expert-parallel degree")->check(positive);
   app.add_option("--hs", o.hs, "hybrid-shard degree")->check(positive);
   app.add_option("--order", o.order, "mesh order, innermost first, e.g. tp,ep,hs,rep,pp");
@@ -157,6 +164,11 @@ planner::Pins to_pins(const LayoutOptions& o) {
   if (o.optimizer_offload) p.optimizer_offload = *o.optimizer_offload == "on";
   if (o.activation_offload) p.activation_offload = *o.activation_offload == "on";
   if (o.distributed_optimizer) p.distributed_optimizer = *o.distributed_optimizer == "on";
+  if (o.first_stage_layers.has_value() != o.last_stage_layers.has_value()) {
+    throw InputError(
+        "uneven pipeline stages need both --first-stage-layers and --last-stage-layers");
+  }
+  if (o.first_stage_layers) p.stage_split = StageSplit{*o.first_stage_layers, *o.last_stage_layers};
   return p;
 }
 
@@ -165,6 +177,12 @@ Layout to_layout(const LayoutOptions& o, const ClusterSpec& cluster) {
   l.tp = o.tp.value_or(1);
   l.pp = o.pp.value_or(1);
   l.vpp = o.vpp.value_or(1);
+  if (o.first_stage_layers.has_value() != o.last_stage_layers.has_value()) {
+    throw InputError(
+        "uneven pipeline stages need both --first-stage-layers and --last-stage-layers");
+  }
+  l.first_stage_layers = o.first_stage_layers.value_or(0);
+  l.last_stage_layers = o.last_stage_layers.value_or(0);
   l.ep = o.ep.value_or(1);
   const std::int64_t world = cluster.world_size();
   const std::int64_t inner = l.tp * l.pp * l.ep;

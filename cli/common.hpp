@@ -49,7 +49,8 @@ void apply_optimizer_flags(const SetupOptions& options, OptimizerSpec& opt, bool
 // --tp --pp --vpp --ep --hs --order --micro-batch --recompute --optimizer-offload
 // --activation-offload: pins for `plan`/`explain`, the layout itself for `simulate`.
 struct LayoutOptions {
-  std::optional<std::int64_t> tp, pp, vpp, ep, hs, micro_batch;
+  std::optional<std::int64_t> tp, pp, vpp, ep, hs, micro_batch, first_stage_layers,
+      last_stage_layers;
   std::optional<std::string> order, recompute, optimizer_offload, activation_offload,
       distributed_optimizer;
 };

@@ -30,7 +30,9 @@ void print_table(const Setup& s, const planner::SearchResult& r, int top) {
   for (const planner::Candidate& c : r.ranked) {
     if (shown == top) break;
     const Layout& l = c.layout;
-    std::string pp = std::to_string(l.pp) + (l.vpp > 1 ? "x" + std::to_string(l.vpp) : "");
+    // "~": uneven stages (their sizes are in the plan and in `simulate`'s layout line).
+    std::string pp = std::to_string(l.pp) + (l.vpp > 1 ? "x" + std::to_string(l.vpp) : "") +
+                     (l.uneven_stages() ? "~" : "");
     MeshOrder canonical = canonical_order(l);
     std::string order;
     for (Axis a : canonical) {

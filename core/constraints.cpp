@@ -56,9 +56,21 @@ std::optional<Rejection> check_layout(const ModelSpec& m, const ClusterSpec& c, 
   }
   if (m.vocab_size % l.tp != 0) return reject(RejectCode::TpVocab);
   if (t.seq_len % l.tp != 0) return reject(RejectCode::TpSequence);
-  if (m.num_hidden_layers % l.pp != 0) return reject(RejectCode::PpLayers);
   if (l.vpp > 1 && l.pp == 1) return reject(RejectCode::VppWithoutPp);
-  if (m.num_hidden_layers % (l.pp * l.vpp) != 0) return reject(RejectCode::VppLayers);
+  if (!l.uneven_stages()) {
+    if (m.num_hidden_layers % l.pp != 0) return reject(RejectCode::PpLayers);
+    if (m.num_hidden_layers % (l.pp * l.vpp) != 0) return reject(RejectCode::VppLayers);
+  } else {
+    // First and last stages as given, the middle ones equal, every stage whole virtual stages.
+    const std::int64_t first = l.first_stage_layers, last = l.last_stage_layers;
+    const std::int64_t rest = m.num_hidden_layers - first - last;
+    const bool adds_up = l.pp >= 2 && first >= 1 && last >= 1 &&
+                         (l.pp == 2 ? rest == 0 : rest >= l.pp - 2 && rest % (l.pp - 2) == 0);
+    if (!adds_up || first % l.vpp != 0 || last % l.vpp != 0 ||
+        (l.pp > 2 && (rest / (l.pp - 2)) % l.vpp != 0)) {
+      return reject(RejectCode::StageSplit);
+    }
+  }
   if (m.num_local_experts % l.ep != 0) return reject(RejectCode::EpExperts);
   if (l.world_size() != c.world_size()) return reject(RejectCode::WorldSize);
   if (t.global_batch % (l.micro_batch * l.dp()) != 0) return reject(RejectCode::BatchSplit);
@@ -114,7 +126,22 @@ std::string explain(Rejection rejection, const ModelSpec& m, const ClusterSpec& 
     case RejectCode::PpLayers:
       s << "pp=" << l.pp << " does not divide " << m.num_hidden_layers << " layers; try pp in "
         << valid_divisors(m.num_hidden_layers);
+      if (const auto split = uneven_split(m.num_hidden_layers, l.pp, l.vpp)) {
+        s << ", or uneven stages: --first-stage-layers " << split->first << " --last-stage-layers "
+          << split->last;
+      }
       break;
+    case RejectCode::StageSplit: {
+      s << "uneven stages (first " << l.first_stage_layers << ", last " << l.last_stage_layers
+        << " layers) do not split " << m.num_hidden_layers << " layers over pp=" << l.pp
+        << " with the middle stages equal";
+      if (l.vpp > 1) s << " and every stage a multiple of vpp=" << l.vpp;
+      if (const auto split = uneven_split(m.num_hidden_layers, l.pp, l.vpp)) {
+        s << "; try --first-stage-layers " << split->first << " --last-stage-layers "
+          << split->last;
+      }
+      break;
+    }
     case RejectCode::VppWithoutPp:
       s << "vpp=" << l.vpp << " needs pipeline parallelism (pp > 1)";
       break;
@@ -175,6 +202,8 @@ std::string to_string(RejectCode code) {
       return "tp_sequence";
     case RejectCode::PpLayers:
       return "pp_layers";
+    case RejectCode::StageSplit:
+      return "stage_split";
     case RejectCode::VppWithoutPp:
       return "vpp_without_pp";
     case RejectCode::VppLayers:

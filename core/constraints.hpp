@@ -22,7 +22,8 @@ enum class RejectCode : std::uint8_t {
   TpFfn,              // tp does not divide an FFN width
   TpVocab,            // tp does not divide the vocabulary (vocab-parallel embedding and head)
   TpSequence,         // tp does not divide seq_len (sequence parallel)
-  PpLayers,           // pp does not divide the layers
+  PpLayers,           // pp does not divide the layers (even stages)
+  StageSplit,         // uneven stages that do not add up, or not whole virtual stages
   VppWithoutPp,       // vpp > 1 needs pp > 1
   VppLayers,          // pp * vpp does not divide the layers
   EpExperts,          // ep does not divide the experts

@@ -106,6 +106,9 @@ std::string describe(const Layout& l) {
   std::ostringstream s;
   s << "tp" << l.tp << " pp" << l.pp;
   if (l.vpp > 1) s << "x" << l.vpp;
+  if (l.uneven_stages()) {
+    s << "(first " << l.first_stage_layers << ", last " << l.last_stage_layers << " layers)";
+  }
   s << " ep" << l.ep << " hs" << l.hs << " rep" << l.rep << " [" << order_to_string(l.order)
     << "] mb" << l.micro_batch << " recompute=" << to_string(l.recompute);
   if (l.optimizer_offload) s << " +opt-offload";
@@ -119,6 +122,8 @@ Json to_json(const Layout& l) {
   j["tp"] = l.tp;
   j["pp"] = l.pp;
   j["vpp"] = l.vpp;
+  j["first_stage_layers"] = l.first_stage_layers;
+  j["last_stage_layers"] = l.last_stage_layers;
   j["ep"] = l.ep;
   j["hs"] = l.hs;
   j["rep"] = l.rep;
@@ -140,6 +145,9 @@ Layout layout_from_json(JsonObjectReader r) {
   l.tp = r.get_int("tp", 1, kMax);
   l.pp = r.get_int("pp", 1, kMax);
   l.vpp = r.get_int("vpp", 1, kMax);
+  // Optional: plans written before uneven stages existed split the layers evenly.
+  if (r.has("first_stage_layers")) l.first_stage_layers = r.get_int("first_stage_layers", 0, kMax);
+  if (r.has("last_stage_layers")) l.last_stage_layers = r.get_int("last_stage_layers", 0, kMax);
   l.ep = r.get_int("ep", 1, kMax);
   l.hs = r.get_int("hs", 1, kMax);
   l.rep = r.get_int("rep", 1, kMax);
@@ -170,6 +178,47 @@ Layout layout_from_json(JsonObjectReader r) {
   if (r.has("distributed_optimizer")) l.distributed_optimizer = r.get_bool("distributed_optimizer");
   r.finish();
   return l;
+}
+
+LayerRange stage_layers(std::int64_t num_layers, const Layout& l, std::int64_t stage) {
+  if (!l.uneven_stages()) {
+    const std::int64_t per = num_layers / l.pp;
+    return {stage * per, (stage + 1) * per};
+  }
+  if (stage == 0) return {0, l.first_stage_layers};
+  if (stage == l.pp - 1) return {num_layers - l.last_stage_layers, num_layers};
+  const std::int64_t middle = (num_layers - l.first_stage_layers - l.last_stage_layers) /
+                              std::max<std::int64_t>(1, l.pp - 2);
+  const std::int64_t begin = l.first_stage_layers + (stage - 1) * middle;
+  return {begin, begin + middle};
+}
+
+std::optional<StageSplit> uneven_split(std::int64_t num_layers, std::int64_t pp, std::int64_t vpp) {
+  if (pp < 2 || vpp < 1) return std::nullopt;
+  // The first stage takes the larger half of what the middle stages leave, rounded up to whole
+  // virtual stages; the last the rest.
+  auto halves = [vpp](std::int64_t rest) -> std::optional<StageSplit> {
+    const std::int64_t first = ((rest + 1) / 2 + vpp - 1) / vpp * vpp;
+    const std::int64_t last = rest - first;
+    if (last < vpp || last % vpp != 0) return std::nullopt;
+    return StageSplit{first, last};
+  };
+  if (pp == 2) return halves(num_layers);
+  std::optional<StageSplit> best;
+  std::int64_t best_max = 0;
+  const std::int64_t ceil_per = (num_layers + pp - 1) / pp;
+  for (std::int64_t middle : {ceil_per, num_layers / pp}) {
+    if (middle < vpp || middle % vpp != 0) continue;
+    const std::int64_t rest = num_layers - (pp - 2) * middle;
+    const auto split = rest >= 2 ? halves(rest) : std::nullopt;
+    if (!split) continue;
+    const std::int64_t biggest = std::max({split->first, split->last, middle});
+    if (!best || biggest < best_max) {
+      best = split;
+      best_max = biggest;
+    }
+  }
+  return best;
 }
 
 }  // namespace moetune

@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "core/json_reader.hpp"
@@ -23,6 +24,11 @@ struct Layout {
   std::int64_t tp = 1;
   std::int64_t pp = 1;
   std::int64_t vpp = 1;  // virtual stages per pipeline rank (interleaved 1F1B); 1 = plain 1F1B
+  // Uneven pipeline stages (Megatron's --decoder-first/last-pipeline-num-layers): the first and
+  // the last stage hold these many layers and the middle stages split the rest evenly. Both 0:
+  // every stage holds layers / pp.
+  std::int64_t first_stage_layers = 0;
+  std::int64_t last_stage_layers = 0;
   std::int64_t ep = 1;
   std::int64_t hs = 1;
   std::int64_t rep = 1;
@@ -41,6 +47,7 @@ struct Layout {
 
   std::int64_t degree(Axis axis) const;
   std::int64_t world_size() const { return tp * pp * ep * hs * rep; }
+  bool uneven_stages() const { return first_stage_layers > 0 || last_stage_layers > 0; }
   // Data-parallel width: every (ep, hs, rep) coordinate reads its own micro-batches.
   std::int64_t dp() const { return ep * hs * rep; }
   // Ranks holding copies of the same dense (ep x rep) and expert (rep) parameter shards.
@@ -62,6 +69,21 @@ MeshOrder parse_order(const std::string& text);
 MeshOrder canonical_order(const Layout& layout);
 // Compact label, e.g. "tp2 ep4 hs8 rep1 pp1 [tp,ep,hs]".
 std::string describe(const Layout& layout);
+
+// Layers [begin, end) of pipeline stage `stage` of a model with `num_layers` layers.
+struct LayerRange {
+  std::int64_t begin = 0, end = 0;
+  std::int64_t count() const { return end - begin; }
+};
+LayerRange stage_layers(std::int64_t num_layers, const Layout& layout, std::int64_t stage);
+// The first and last stage sizes the planner uses when pp does not divide the layers: the
+// middle stages get about layers / pp each and the first and last share the rest, the last
+// (which also holds the LM head and the loss) no more than the first; every stage a multiple of
+// vpp. Nothing when no such split exists.
+struct StageSplit {
+  std::int64_t first = 0, last = 0;
+};
+std::optional<StageSplit> uneven_split(std::int64_t num_layers, std::int64_t pp, std::int64_t vpp);
 
 Json to_json(const Layout& layout);
 Layout layout_from_json(JsonObjectReader reader);

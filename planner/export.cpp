@@ -85,7 +85,12 @@ Export export_megatron(const Plan& plan) {
   add("--tensor-model-parallel-size", std::to_string(l.tp));
   if (l.tp > 1) add("--sequence-parallel");
   add("--pipeline-model-parallel-size", std::to_string(l.pp));
-  if (l.vpp > 1) {
+  if (l.uneven_stages()) {
+    add("--decoder-first-pipeline-num-layers", std::to_string(l.first_stage_layers));
+    add("--decoder-last-pipeline-num-layers", std::to_string(l.last_stage_layers));
+    // Stages of different sizes have no one layer count per virtual stage.
+    if (l.vpp > 1) add("--num-virtual-stages-per-pipeline-rank", std::to_string(l.vpp));
+  } else if (l.vpp > 1) {
     add("--num-layers-per-virtual-pipeline-stage",
         std::to_string(m.num_hidden_layers / (l.pp * l.vpp)));
   }

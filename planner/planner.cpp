@@ -135,14 +135,42 @@ SearchResult search(const ModelSpec& model, const ClusterSpec& cluster, const Tr
   }
   const bool activation_offload = pins.activation_offload.value_or(false);
 
+  const std::int64_t layers = model.num_hidden_layers;
+  // Pipeline depths: the divisors of the layer count (even stages), and any other depth up to
+  // the layer count that divides the devices, with uneven first and last stages.
+  std::vector<std::int64_t> pps;
+  if (pins.pp) {
+    pps = {*pins.pp};
+  } else {
+    for (std::int64_t pp = 1; pp <= layers; ++pp) {
+      if (layers % pp == 0 || (world % pp == 0 && uneven_split(layers, pp, 1))) pps.push_back(pp);
+    }
+  }
   for (std::int64_t tp : choices(pins.tp, cluster.devices_per_node)) {
-    for (std::int64_t pp : choices(pins.pp, model.num_hidden_layers)) {
+    for (std::int64_t pp : pps) {
       if (world % (tp * pp) != 0 && !pins.tp && !pins.pp) continue;
-      const std::int64_t layers_per_stage = std::max<std::int64_t>(1, model.num_hidden_layers / pp);
-      std::vector<std::int64_t> vpps =
-          pins.vpp ? std::vector<std::int64_t>{*pins.vpp}
-                   : (pp > 1 ? divisors(layers_per_stage) : std::vector<std::int64_t>{1});
+      const bool even = layers % pp == 0;
+      const std::int64_t layers_per_stage = std::max<std::int64_t>(1, layers / pp);
+      std::vector<std::int64_t> vpps;
+      if (pins.vpp) {
+        vpps = {*pins.vpp};
+      } else if (pp == 1) {
+        vpps = {1};
+      } else if (even) {
+        vpps = divisors(layers_per_stage);
+      } else {
+        for (std::int64_t v : divisors(layers_per_stage + 1)) {
+          if (uneven_split(layers, pp, v)) vpps.push_back(v);
+        }
+        if (vpps.empty()) vpps = {1};  // rejected below with its reason
+      }
       for (std::int64_t vpp : vpps) {
+        StageSplit split;
+        if (pins.stage_split) {
+          split = *pins.stage_split;
+        } else if (!even && pp > 1) {
+          split = uneven_split(layers, pp, vpp).value_or(StageSplit{});
+        }
         for (std::int64_t ep : choices(pins.ep, model.num_local_experts)) {
           const std::int64_t rest = world / std::max<std::int64_t>(1, tp * pp * ep);
           if (!pins.ep && world % (tp * pp * ep) != 0) continue;
@@ -155,6 +183,8 @@ SearchResult search(const ModelSpec& model, const ClusterSpec& cluster, const Tr
             l.tp = tp;
             l.pp = pp;
             l.vpp = vpp;
+            l.first_stage_layers = split.first;
+            l.last_stage_layers = split.last;
             l.ep = ep;
             l.hs = hs;
             const std::int64_t inner = tp * pp * ep * hs;

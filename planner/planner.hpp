@@ -28,6 +28,9 @@ struct Pins {
   // memory or time than plain replicas (reduce-scatter + all-gather move the bytes of one
   // all-reduce, the gather in the working precision and hidden behind the next forward).
   std::optional<bool> distributed_optimizer;
+  // Uneven pipeline stages as given (the planner otherwise splits evenly where pp divides the
+  // layers, and picks a balanced uneven split where it does not).
+  std::optional<StageSplit> stage_split;
 };
 
 struct SearchOptions {

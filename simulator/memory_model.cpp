@@ -39,7 +39,7 @@ double expected_max_of_normals(std::int64_t n) {
 StageParams Simulator::stage_params(const Layout& l, std::int64_t stage) const {
   const ModelSpec& m = model_;
   StageParams sp;
-  const std::int64_t per_stage = m.num_hidden_layers / l.pp;
+  const LayerRange layers = stage_layers(m.num_hidden_layers, l, stage);
   sp.first = stage == 0;
   sp.last = stage == l.pp - 1;
   // Hybrid sharding splits each unit (the embedding, a layer's dense part, a layer's experts, the
@@ -62,7 +62,7 @@ StageParams Simulator::stage_params(const Layout& l, std::int64_t stage) const {
     owned += chunk(shard(a), dense_r) + chunk(shard(b), expert_r);
     largest_group = std::max(largest_group, static_cast<double>(hs) * (shard(a) + shard(b)));
   };
-  for (std::int64_t layer = stage * per_stage; layer < (stage + 1) * per_stage; ++layer) {
+  for (std::int64_t layer = layers.begin; layer < layers.end; ++layer) {
     const LayerParams& p = layer_params_[static_cast<std::size_t>(layer)];
     // Split by tp: q, k, v, o (and their biases), shared expert, dense FFN. Whole on every tp rank:
     // the two norms, the router, the q/k norms.

@@ -89,6 +89,14 @@ PublishedOutcome evaluate(const Json& e) {
     l.rep = dp / l.ep;
     l.distributed_optimizer = lj["sharding"] == "distributed_optimizer";
   }
+  if (model.num_hidden_layers % l.pp != 0) {
+    // moetune can run uneven stages (--first-stage-layers, --last-stage-layers), but the entry
+    // does not say how its run split them, and the busiest stage sets the pace.
+    o.note = "pp=" + std::to_string(l.pp) + " does not divide " +
+             std::to_string(model.num_hidden_layers) +
+             " layers and the source does not say how its stages split them";
+    return o;
+  }
   l.micro_batch = e["micro_batch"].get<std::int64_t>();
   l.recompute = e["recompute"] == "full" ? Recompute::Full : Recompute::None;
   if (auto r = check_layout(model, cluster, train, l)) {

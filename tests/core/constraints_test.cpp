@@ -138,7 +138,23 @@ const std::vector<Case>& cases() {
          s.layout.hs = 8;
          return s;
        },
-       {"pp=3 does not divide 32 layers", "try pp in {1, 2, 4, 8, 16, 32}"}},
+       {"pp=3 does not divide 32 layers", "try pp in {1, 2, 4, 8, 16, 32}",
+        "--first-stage-layers 11 --last-stage-layers 10"}},
+      {"uneven stages that do not add up",
+       RejectCode::StageSplit,
+       [] {
+         // 32 layers over pp = 3 as 12 + 8 + 12 add up, but with vpp = 3 the middle stage's 8
+         // layers are no whole number of virtual stages.
+         Setup s = mixtral(3);
+         s.layout.pp = 3;
+         s.layout.hs = 8;
+         s.layout.vpp = 3;
+         s.layout.first_stage_layers = 12;
+         s.layout.last_stage_layers = 12;
+         return s;
+       },
+       {"uneven stages (first 12, last 12 layers) do not split 32 layers over pp=3",
+        "multiple of vpp=3"}},
       {"vpp without pp",
        RejectCode::VppWithoutPp,
        [] {
@@ -255,7 +271,7 @@ TEST_CASE("each rule rejects with its own code and a useful sentence", "[core][c
     }
     covered.insert(c.code);
   }
-  // Every code of the enum has a case: TpNotInnermost is the last of 18.
+  // Every code of the enum has a case: TpNotInnermost is the last of 19.
   CHECK(covered.size() == static_cast<std::size_t>(RejectCode::TpNotInnermost) + 1);
 }
 
@@ -264,7 +280,51 @@ TEST_CASE("rule names are distinct and stable", "[core][constraints]") {
   for (int i = 0; i <= static_cast<int>(RejectCode::TpNotInnermost); ++i) {
     names.insert(to_string(static_cast<RejectCode>(i)));
   }
-  CHECK(names.size() == 18);
+  CHECK(names.size() == 19);
   CHECK(names.count("ep_experts") == 1);
   CHECK(names.count("unknown") == 0);
+}
+
+TEST_CASE("uneven pipeline stages: layer ranges and the planner's balanced split",
+          "[core][constraints]") {
+  // Qwen3-235B's 94 layers on 8 stages, as Megatron runs it: 11, six of 12, 11.
+  const auto split = uneven_split(94, 8, 1);
+  REQUIRE(split.has_value());
+  CHECK(split->first == 11);
+  CHECK(split->last == 11);
+  Layout l;
+  l.pp = 8;
+  l.first_stage_layers = split->first;
+  l.last_stage_layers = split->last;
+  std::int64_t next = 0;
+  for (std::int64_t stage = 0; stage < 8; ++stage) {
+    const LayerRange r = stage_layers(94, l, stage);
+    CHECK(r.begin == next);
+    CHECK(r.count() == (stage == 0 || stage == 7 ? 11 : 12));
+    next = r.end;
+  }
+  CHECK(next == 94);
+  // Interleaved: every stage whole virtual stages, the last (LM head, loss) no bigger.
+  const auto interleaved = uneven_split(94, 8, 2);
+  REQUIRE(interleaved.has_value());
+  CHECK(interleaved->first == 12);
+  CHECK(interleaved->last == 10);
+  CHECK_FALSE(uneven_split(94, 8, 3).has_value());
+  // Two stages: halves, the larger first.
+  CHECK(uneven_split(5, 2, 1)->first == 3);
+  CHECK(uneven_split(5, 2, 1)->last == 2);
+  CHECK_FALSE(uneven_split(5, 1, 1).has_value());
+  // Even layouts keep layers / pp per stage.
+  Layout even;
+  even.pp = 4;
+  CHECK(stage_layers(32, even, 2).begin == 16);
+  CHECK(stage_layers(32, even, 2).count() == 8);
+  // And the rules accept the split on a real model and cluster.
+  ModelSpec qwen = load_model("qwen3-235b-a22b");
+  ClusterSpec cluster = load_cluster("dgx-b200", 8, std::nullopt);
+  TrainSpec t;
+  t.seq_len = 4096;
+  t.global_batch = 1024;
+  l.ep = 8;
+  CHECK_FALSE(check_layout(qwen, cluster, t, l).has_value());
 }

@@ -192,3 +192,27 @@ TEST_CASE("uncommon values round-trip: lists, windows, extreme seeds, interleavi
   CHECK(back == plan);
   CHECK(to_json(back).dump() == written.dump());
 }
+
+TEST_CASE("uneven pipeline stages round-trip through plan.json", "[core][json]") {
+  Plan plan;
+  plan.model = load_model("qwen3-235b-a22b");
+  plan.cluster = load_cluster("dgx-b200", 8, std::nullopt);
+  plan.train.seq_len = 4096;
+  plan.train.global_batch = 1024;
+  plan.layout.pp = 8;
+  plan.layout.vpp = 2;
+  plan.layout.ep = 8;
+  plan.layout.first_stage_layers = 12;
+  plan.layout.last_stage_layers = 10;
+  REQUIRE_FALSE(check_layout(plan.model, plan.cluster, plan.train, plan.layout).has_value());
+  const Plan back = plan_from_json(to_json(plan), "plan");
+  CHECK(back == plan);
+  // Plans from before uneven stages existed read as even stages: this one then breaks the rules,
+  // and the reason names the split that would be valid.
+  Json old = to_json(plan);
+  old["layout"].erase("first_stage_layers");
+  old["layout"].erase("last_stage_layers");
+  CHECK_THROWS_WITH(plan_from_json(old, "plan"),
+                    Catch::Contains("pp=8 does not divide 94 layers") &&
+                        Catch::Contains("--first-stage-layers 12 --last-stage-layers 10"));
+}

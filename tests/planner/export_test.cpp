@@ -199,3 +199,24 @@ TEST_CASE("Megatron-LM export keeps every digit of the learning rate", "[planner
   CAPTURE(e.text);
   CHECK(has_arg(e.text, "--lr", "0.00012345678"));
 }
+
+TEST_CASE("Megatron-LM export of uneven pipeline stages", "[planner][export]") {
+  TrainSpec train;
+  train.seq_len = 4096;
+  train.global_batch = 1024;
+  train.precision = Precision::Fp8;
+  Layout l;
+  l.pp = 8;
+  l.vpp = 2;
+  l.ep = 8;
+  l.first_stage_layers = 12;
+  l.last_stage_layers = 10;
+  const Plan plan = planner::make_plan(load_model("qwen3-235b-a22b"),
+                                       load_cluster("dgx-b200", 8, std::nullopt), train, l);
+  const std::string t = planner::export_megatron(plan).text;
+  CAPTURE(t);
+  CHECK(has_arg(t, "--decoder-first-pipeline-num-layers", "12"));
+  CHECK(has_arg(t, "--decoder-last-pipeline-num-layers", "10"));
+  CHECK(has_arg(t, "--num-virtual-stages-per-pipeline-rank", "2"));
+  CHECK_THAT(t, !Contains("--num-layers-per-virtual-pipeline-stage"));
+}

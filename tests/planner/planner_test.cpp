@@ -276,3 +276,30 @@ TEST_CASE("the distributed optimizer is on wherever a layout has replicas, unles
   for (const Candidate& c : plain.ranked)
     CHECK_FALSE(c.layout.distributed_optimizer);
 }
+
+TEST_CASE("pipeline depths that do not divide the layers get a balanced uneven split",
+          "[planner][search]") {
+  // tiny with 5 layers on 2 ranks: pp = 2 is no divisor of 5, so the planner offers 3 + 2.
+  Setup s = tiny_cpu(2);
+  s.model.num_hidden_layers = 5;
+  const SearchResult r = run(s);
+  int uneven = 0;
+  for (const Candidate& c : r.ranked) {
+    if (c.layout.pp != 2) continue;
+    ++uneven;
+    CHECK(c.layout.first_stage_layers == 3);
+    CHECK(c.layout.last_stage_layers == 2);
+    CHECK_FALSE(check_layout(s.model, s.cluster, s.train, c.layout).has_value());
+  }
+  CHECK(uneven > 0);
+  // A pinned split is used as given (and checked by the rules).
+  SearchOptions pinned;
+  pinned.pins.pp = 2;
+  pinned.pins.stage_split = StageSplit{2, 3};
+  const SearchResult p = run(s, pinned);
+  REQUIRE_FALSE(p.ranked.empty());
+  for (const Candidate& c : p.ranked) {
+    CHECK(c.layout.first_stage_layers == 2);
+    CHECK(c.layout.last_stage_layers == 3);
+  }
+}

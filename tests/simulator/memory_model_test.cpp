@@ -387,3 +387,26 @@ TEST_CASE("(i) the distributed optimizer splits master and Adam state over the r
     CHECK(sim.memory(l, nullptr).optimizer == 8 * 79'467.0);
   }
 }
+
+TEST_CASE("(j) uneven pipeline stages: each stage counts its own layers", "[simulator][memory]") {
+  // tiny with 5 layers on 2 stages: 3 + 2, the embedding on the first and the head on the last.
+  ModelSpec five = load_model("tiny");
+  five.num_hidden_layers = 5;
+  const Simulator sim = cpu(2, five);
+  Layout l = layout(1, 1, 1, 2);
+  l.first_stage_layers = 3;
+  l.last_stage_layers = 2;
+  require_valid(sim, l);
+  const simulator::StageParams first = sim.stage_params(l, 0);
+  const simulator::StageParams last = sim.stage_params(l, 1);
+  CHECK(first.moe_layers == 3);
+  CHECK(last.moe_layers == 2);
+  CHECK(first.experts == 3 * 73'728.0);
+  CHECK(last.experts == 2 * 73'728.0);
+  // Dense: 12,288 attention per layer, plus the embedding (first) or the head (last).
+  CHECK(first.tp_split == 3 * 12'288.0 + 32'768);
+  CHECK(last.tp_split == 2 * 12'288.0 + 32'768);
+  // The first stage, with one layer more and 2 micro-batches in flight, is the worst.
+  const MemoryBreakdown m = sim.memory(l, nullptr);
+  CHECK(m.parameters == 4 * (first.tp_split + first.tp_replicated + first.experts));
+}
