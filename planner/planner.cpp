@@ -235,7 +235,7 @@ SearchResult search(const ModelSpec& model, const ClusterSpec& cluster, const Tr
                   l.recompute = rc;
                   for (bool offload : offloads) {
                     l.optimizer_offload = offload;
-                    const Prediction p = sim.predict(l, meshes[i]);
+                    const Prediction p = sim.predict(l, meshes[i], false);
                     ++result.considered;
                     ++result.simulated;
                     Candidate c;

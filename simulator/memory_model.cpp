@@ -4,6 +4,7 @@
 // hidden, a = bytes of an activation element (2 for bf16/fp8, 4 for fp32), k = experts per token,
 // Tr = tokens the busiest EP rank receives = T * k * load factor.
 #include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "core/constraints.hpp"
@@ -37,6 +38,32 @@ double expected_max_of_normals(std::int64_t n) {
 }
 
 StageParams Simulator::stage_params(const Layout& l, std::int64_t stage) const {
+  // Everything stage parameters depend on: the degrees that split and shard them, the stage and
+  // its layers, and the distributed optimizer's replicas.
+  using Key = std::array<std::int64_t, 10>;
+  const Key key = {static_cast<std::int64_t>(id_),
+                   l.tp,
+                   l.ep,
+                   l.hs,
+                   l.rep,
+                   l.pp,
+                   stage,
+                   l.first_stage_layers,
+                   l.last_stage_layers,
+                   l.distributed_optimizer ? 1 : 0};
+  constexpr std::size_t kRemembered = 8;
+  thread_local std::array<std::pair<Key, StageParams>, kRemembered> memo{};
+  thread_local std::size_t next = 0;
+  for (const auto& [k, v] : memo) {
+    if (k == key) return v;
+  }
+  const StageParams sp = compute_stage_params(l, stage);
+  memo[next] = {key, sp};
+  next = (next + 1) % kRemembered;
+  return sp;
+}
+
+StageParams Simulator::compute_stage_params(const Layout& l, std::int64_t stage) const {
   const ModelSpec& m = model_;
   StageParams sp;
   const LayerRange layers = stage_layers(m.num_hidden_layers, l, stage);

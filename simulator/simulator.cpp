@@ -1,6 +1,7 @@
 // Simulator: ties the memory and time models into a Prediction.
 #include "simulator/simulator.hpp"
 
+#include <atomic>
 #include <cstdio>
 
 #include "core/units.hpp"
@@ -23,6 +24,8 @@ std::string gib(double bytes) {
 
 Simulator::Simulator(const ModelSpec& model, const ClusterSpec& cluster, const TrainSpec& train)
     : model_(model), cluster_(cluster), train_(train), collectives_(cluster) {
+  static std::atomic<std::uint64_t> next_id{1};
+  id_ = next_id.fetch_add(1, std::memory_order_relaxed);
   for (std::int64_t l = 0; l < model_.num_hidden_layers; ++l) {
     layer_params_.push_back(layer_params(model_, l));
   }
@@ -35,6 +38,10 @@ Prediction Simulator::predict(const Layout& layout) const {
 }
 
 Prediction Simulator::predict(const Layout& layout, const Mesh& mesh) const {
+  return predict(layout, mesh, true);
+}
+
+Prediction Simulator::predict(const Layout& layout, const Mesh& mesh, bool with_reason) const {
   Prediction p;
   p.memory = memory(layout, &p.host_memory_bytes_per_node);
   p.peak_memory_bytes = p.memory.total();
@@ -43,13 +50,15 @@ Prediction Simulator::predict(const Layout& layout, const Mesh& mesh) const {
   if (p.peak_memory_bytes > p.device_memory_bytes) {
     p.fits = false;
     const MemoryBreakdown& m = p.memory;
-    p.reason = "needs " + gib(p.peak_memory_bytes) + " of " + gib(p.device_memory_bytes) +
-               " per device (model state " + gib(m.parameters + m.gradients + m.optimizer) +
-               ", activations " + gib(m.activations) + ")";
+    if (with_reason)
+      p.reason = "needs " + gib(p.peak_memory_bytes) + " of " + gib(p.device_memory_bytes) +
+                 " per device (model state " + gib(m.parameters + m.gradients + m.optimizer) +
+                 ", activations " + gib(m.activations) + ")";
   } else if (p.host_memory_bytes_per_node > host_limit) {
     p.fits = false;
-    p.reason = "offloaded state needs " + gib(p.host_memory_bytes_per_node) +
-               " of host memory per node, " + gib(host_limit) + " usable";
+    if (with_reason)
+      p.reason = "offloaded state needs " + gib(p.host_memory_bytes_per_node) +
+                 " of host memory per node, " + gib(host_limit) + " usable";
   } else {
     p.fits = true;
   }

@@ -51,8 +51,13 @@ class Simulator {
   // Same, with the layout's mesh already built (the planner shares it between layouts that differ
   // only in micro-batch, recompute or offloading).
   Prediction predict(const Layout& layout, const Mesh& mesh) const;
+  // Same, without the sentence of why a layout does not fit (`reason` stays empty): the planner
+  // ranks hundreds of thousands of layouts and shows only a few.
+  Prediction predict(const Layout& layout, const Mesh& mesh, bool with_reason) const;
 
-  // Pieces of the model, exposed for tests and for the time model.
+  // Pieces of the model, exposed for tests and for the time model. stage_params remembers its
+  // last results per thread: the planner asks again for every micro-batch, order, recompute and
+  // offload choice of the same degrees.
   StageParams stage_params(const Layout& layout, std::int64_t stage) const;
   LayerActivations layer_activations(const Layout& layout) const;
   // Expected tokens the busiest EP rank receives, as a multiple of the mean (>= 1).
@@ -79,6 +84,8 @@ class Simulator {
   CollectiveModel collectives_;            // topology graph and cached collective costs
   std::vector<LayerParams> layer_params_;  // [layer], computed once
   double model_flops_per_token_ = 0;       // training, causal attention
+  std::uint64_t id_ = 0;  // unique per constructed simulator: the key of per-thread memos
+  StageParams compute_stage_params(const Layout& layout, std::int64_t stage) const;
 };
 
 // Expected maximum of n independent standard normal variables (Blom's approximation; 0 for n <= 1).
