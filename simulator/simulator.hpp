@@ -35,6 +35,13 @@ struct LayerActivations {
   double moe = 0;        // a layer with routed experts
   double dense_ffn = 0;  // a layer without experts
   double input = 0;      // the layer input: all a layer keeps under full recompute
+  // Held once, not per layer: what one layer's forward needs and its backward does not (router
+  // logits without a z-loss, the row-to-slot map of the dispatch), and the gradient buffers of
+  // one layer's backward (the residual stream's, and the larger of the attention half's and the
+  // MoE or dense FFN half's, which never live at once).
+  double forward_scratch = 0;
+  double backward_moe = 0;
+  double backward_dense = 0;
 };
 
 class Simulator {
