@@ -60,6 +60,9 @@ class Simulator {
   // Pieces of the model, exposed for tests and for the time model.
   StageParams stage_params(const Layout& layout, std::int64_t stage) const;
   LayerActivations layer_activations(const Layout& layout) const;
+  // The fraction of its speed alone a device keeps while every device of its node is busy:
+  // 1 / (1 + device.node_contention * (devices_per_node - 1)).
+  double node_share() const;
   // Expected tokens the busiest EP rank receives, as a multiple of the mean (>= 1).
   double expert_load_factor(const Layout& layout) const;
   // Coefficient of variation of expert popularity the prediction assumes: the calibrated
