@@ -118,7 +118,10 @@ MixtralModel::MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::i
   for (LayerActs& a : acts_) {
     a.x_in.resize(sz(nl * d));
     a.rstd1.resize(sz(nl));
-    a.h1n.resize(sz(n * d));  // gathered over tp: the QKV input for the whole sequence
+    // Norm outputs are kept for this rank's sequence chunk; with tp > 1 they are gathered over
+    // the whole sequence (into gathered_) when a GEMM reads them, in forward and again in
+    // backward, as Megatron's sequence parallelism does.
+    a.h1n.resize(sz(nl * d));
     a.q.resize(sz(n * ql));
     a.k.resize(sz(n * kvl));
     a.v.resize(sz(n * kvl));
@@ -126,7 +129,7 @@ MixtralModel::MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::i
     a.ctx.resize(sz(n * ql));
     a.x_mid.resize(sz(nl * d));
     a.rstd2.resize(sz(nl));
-    a.h2n.resize(sz(n * d));
+    a.h2n.resize(sz(nl * d));
     if (moe_.z_loss_coef > 0) a.router_logits.resize(sz(n * e));
     a.probs.resize(sz(n * e));
     a.topk_w.resize(sz(nk));
@@ -145,7 +148,7 @@ MixtralModel::MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::i
   if (ep_size_ > 1) xp_send_.resize(sz(nk * d));
   x_final_.resize(sz(nl * d));
   rstd_f_.resize(sz(nl));
-  hf_.resize(sz(n * d));
+  hf_.resize(sz(nl * d));
   logits_.resize(sz(n * vl));
   aux_counts_.resize(sz(e));
   aux_prob_sum_.resize(sz(e));
@@ -245,16 +248,16 @@ MicroBatchLoss MixtralModel::forward(ParameterAccess& access, const std::int32_t
   for (std::int64_t li = 0; li < m.num_hidden_layers; ++li) {
     LayerActs& a = acts_[sz(li)];
     const LayerOffsets& o = layout_.layer(li);
+    const float* h2n = nullptr;  // the post-attention norm output, whole sequence
     access.acquire(1 + li, false);
     {
       PhaseTimer t(times, "attention");
-      float* normed = tp_size_ == 1 ? a.h1n.data() : norm_local_.data();
-      k::rmsnorm_forward<float>(normed, a.rstd1.data(), a.x_in.data(), P(o.input_norm), nl, d,
+      k::rmsnorm_forward<float>(a.h1n.data(), a.rstd1.data(), a.x_in.data(), P(o.input_norm), nl, d,
                                 m.rms_norm_eps);
-      if (tp_size_ > 1) parallel_.tp->all_gather(normed, a.h1n.data(), nl * d);
-      linear_forward(a.q.data(), a.h1n.data(), P(o.q), n, d, ql);
-      linear_forward(a.k.data(), a.h1n.data(), P(o.k), n, d, kvl);
-      linear_forward(a.v.data(), a.h1n.data(), P(o.v), n, d, kvl);
+      const float* h1n = gather_sequence(a.h1n);
+      linear_forward(a.q.data(), h1n, P(o.q), n, d, ql);
+      linear_forward(a.k.data(), h1n, P(o.k), n, d, kvl);
+      linear_forward(a.v.data(), h1n, P(o.v), n, d, kvl);
       k::rope_forward<float>(a.q.data(), a.q.data(), rope_cos_.data(), rope_sin_.data(), seq_,
                              nullptr, 0, batch_, seq_, heads, m.head_dim);
       k::rope_forward<float>(a.k.data(), a.k.data(), rope_cos_.data(), rope_sin_.data(), seq_,
@@ -272,13 +275,12 @@ MicroBatchLoss MixtralModel::forward(ParameterAccess& access, const std::int32_t
     }
     {
       PhaseTimer t(times, "router");
-      float* normed = tp_size_ == 1 ? a.h2n.data() : norm_local_.data();
-      k::rmsnorm_forward<float>(normed, a.rstd2.data(), a.x_mid.data(), P(o.post_norm), nl, d,
+      k::rmsnorm_forward<float>(a.h2n.data(), a.rstd2.data(), a.x_mid.data(), P(o.post_norm), nl, d,
                                 m.rms_norm_eps);
       // Every tp rank routes the whole sequence (the same result on each).
-      if (tp_size_ > 1) parallel_.tp->all_gather(normed, a.h2n.data(), nl * d);
+      h2n = gather_sequence(a.h2n);
       float* logits = router_logits(a);
-      linear_forward(logits, a.h2n.data(), P(o.gate), n, d, e);
+      linear_forward(logits, h2n, P(o.gate), n, d, e);
       if (moe_.load_balancing == LoadBalancing::Sinkhorn) {
         k::router_sinkhorn_forward<float>(a.probs.data(), a.topk_idx.data(), a.topk_w.data(),
                                           logits, n, e, kk, kSinkhornTol, kSinkhornMaxIters);
@@ -297,7 +299,7 @@ MicroBatchLoss MixtralModel::forward(ParameterAccess& access, const std::int32_t
       a.rows = a.offsets[sz(e)];
       // One rank keeps the permuted rows as its experts' input; with ep > 1 they are only sent.
       float* permuted = ep_size_ == 1 ? a.xp.data() : xp_send_.data();
-      k::permute_forward<float>(permuted, a.h2n.data(), row_slot_.data(), a.rows, kk, d);
+      k::permute_forward<float>(permuted, h2n, row_slot_.data(), a.rows, kk, d);
     }
     if (ep_size_ > 1) {
       experts_forward(a, o, access, times);
@@ -322,11 +324,9 @@ MicroBatchLoss MixtralModel::forward(ParameterAccess& access, const std::int32_t
   access.acquire(head_group, false);
   {
     PhaseTimer t(times, "lm_head");
-    float* normed = tp_size_ == 1 ? hf_.data() : norm_local_.data();
-    k::rmsnorm_forward<float>(normed, rstd_f_.data(), x_final_.data(), P(layout_.final_norm()), nl,
-                              d, m.rms_norm_eps);
-    if (tp_size_ > 1) parallel_.tp->all_gather(normed, hf_.data(), nl * d);
-    linear_forward(logits_.data(), hf_.data(), P(layout_.lm_head()), n, d, vl);
+    k::rmsnorm_forward<float>(hf_.data(), rstd_f_.data(), x_final_.data(), P(layout_.final_norm()),
+                              nl, d, m.rms_norm_eps);
+    linear_forward(logits_.data(), gather_sequence(hf_), P(layout_.lm_head()), n, d, vl);
     loss.ce = tp_size_ == 1
                   ? k::cross_entropy_forward<float>(nullptr, logits_.data(), targets_.data(), n, v)
                   : vocab_parallel_loss();
@@ -372,7 +372,7 @@ void MixtralModel::backward(ParameterAccess& access, double loss_scale, PhaseTim
     } else {
       vocab_parallel_loss_backward(loss_scale);
     }
-    linear_backward(dh_.data(), G(layout_.lm_head()), logits_.data(), hf_.data(),
+    linear_backward(dh_.data(), G(layout_.lm_head()), logits_.data(), gather_sequence(hf_),
                     P(layout_.lm_head()), n, d, vl, 0.0f);
     float* dh_local = tp_size_ == 1 ? dh_.data() : norm_local_.data();
     to_local(dh_.data(), dh_local);
@@ -433,7 +433,9 @@ void MixtralModel::backward(ParameterAccess& access, double loss_scale, PhaseTim
       }
       // Every tp rank routed the whole sequence: the gate's gradient is whole on each, and its
       // share of d(input) is 1/tp of the total so the reduce-scatter below sums it once.
-      k::gemm<float>(true, false, e, d, n, 1.0f, drouter_, e, a.h2n.data(), d, 1.0f, G(o.gate), d);
+      // The combine's gradient no longer needs gathered_: the norm output is gathered into it.
+      k::gemm<float>(true, false, e, d, n, 1.0f, drouter_, e, gather_sequence(a.h2n), d, 1.0f,
+                     G(o.gate), d);
       k::gemm<float>(false, false, n, d, e, 1.0f / static_cast<float>(tp_size_), drouter_, e,
                      P(o.gate), d, 1.0f, dh_.data(), d);
       float* dh_local = tp_size_ == 1 ? dh_.data() : norm_local_.data();
@@ -456,9 +458,11 @@ void MixtralModel::backward(ParameterAccess& access, double loss_scale, PhaseTim
                               batch_, seq_, heads, m.head_dim);
       k::rope_backward<float>(dk_, dk_, rope_cos_.data(), rope_sin_.data(), seq_, nullptr, 0,
                               batch_, seq_, kv_heads, m.head_dim);
-      linear_backward(dh_.data(), G(o.q), dq_, a.h1n.data(), P(o.q), n, d, ql, 0.0f);
-      linear_backward(dh_.data(), G(o.k), dk_, a.h1n.data(), P(o.k), n, d, kvl, 1.0f);
-      linear_backward(dh_.data(), G(o.v), dv_, a.h1n.data(), P(o.v), n, d, kvl, 1.0f);
+      // The output projection is done with the gathered d(x_mid): gathered_ takes the norm output.
+      const float* h1n = gather_sequence(a.h1n);
+      linear_backward(dh_.data(), G(o.q), dq_, h1n, P(o.q), n, d, ql, 0.0f);
+      linear_backward(dh_.data(), G(o.k), dk_, h1n, P(o.k), n, d, kvl, 1.0f);
+      linear_backward(dh_.data(), G(o.v), dv_, h1n, P(o.v), n, d, kvl, 1.0f);
       float* dh_local = tp_size_ == 1 ? dh_.data() : norm_local_.data();
       to_local(dh_.data(), dh_local);
       k::rmsnorm_backward<float>(dtmp_.data(), G(o.input_norm), dh_local, a.x_in.data(),
@@ -490,6 +494,12 @@ void MixtralModel::backward(ParameterAccess& access, double loss_scale, PhaseTim
   }
   access.release(0, true);
   access.end_pass(true);
+}
+
+const float* MixtralModel::gather_sequence(const std::vector<float>& local) {
+  if (tp_size_ == 1) return local.data();
+  parallel_.tp->all_gather(local.data(), gathered_.data(), tokens_ / tp_size_ * model_.hidden_size);
+  return gathered_.data();
 }
 
 void MixtralModel::tp_scatter(const float* partial, float* local) {
@@ -643,8 +653,9 @@ std::int64_t MixtralModel::activation_bytes() const {
         a.topk_idx.size() * 4 + (a.counts.size() + a.offsets.size() + a.slot_row.size()) * 8);
   }
   // Not counted: the ep > 1 send buffer xp_send_ and the exchange's staging, and tp > 1's
-  // staging: communication buffers, which the simulator counts as such.
-  others += static_cast<std::int64_t>(row_slot_.size() * 8);
+  // staging (norm_local_, gathered_, partial_): communication buffers, which the simulator counts
+  // as such.
+  others += static_cast<std::int64_t>(row_slot_.size() * 8 + lse_.size() * 8);
   for (const auto* x : {&router_logits_, &x_final_, &rstd_f_, &hf_, &logits_, &dx_, &dx_mid_,
                         &dtmp_, &dh_, &backward_arena_, &rope_cos_, &rope_sin_}) {
     f(*x);

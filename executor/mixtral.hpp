@@ -154,6 +154,9 @@ class MixtralModel {
   float* router_logits(LayerActs& a);
   // Sequence parallelism: partial [N, D] sums reduce-scattered into this rank's [N/tp, D] chunk.
   void tp_scatter(const float* partial, float* local);
+  // This rank's [N/tp, D] chunk over the whole sequence [N, D]: itself with tp = 1, else
+  // all-gathered into gathered_ (valid until the next use of gathered_).
+  const float* gather_sequence(const std::vector<float>& local);
   double vocab_parallel_loss();  // tp > 1: cross-entropy over split vocabulary
   void vocab_parallel_loss_backward(double loss_scale);
   ParameterLayout layout_;
@@ -180,7 +183,7 @@ class MixtralModel {
   float *drouter_ = nullptr, *dprobs_ = nullptr, *dtopk_w_ = nullptr;
   float *dxp_ = nullptr, *dyp_ = nullptr, *dh1_ = nullptr, *dh3_ = nullptr;
   std::vector<float> exchange_, exchange2_;             // expert-parallel staging, [rows, D]
-  std::vector<float> norm_local_, gathered_, partial_;  // tensor-parallel staging
+  std::vector<float> norm_local_, gathered_, partial_;  // tensor-parallel staging, [N/tp or N, D]
   std::vector<double> lse_;                             // [N] log-sum-exp of the full vocabulary
 };
 

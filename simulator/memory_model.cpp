@@ -275,6 +275,8 @@ MemoryBreakdown Simulator::memory(const Layout& l, double* host_bytes_per_node,
       // place.
       mem.activations += 2.0 * a * T * h / l.tp + 4.0 * T / l.tp +
                          4.0 * T * static_cast<double>(m.vocab_size) / static_cast<double>(l.tp);
+      // Vocab-parallel loss (tp > 1): each token's log-sum-exp over the whole vocabulary, fp64.
+      if (l.tp > 1) mem.activations += 8.0 * T;
     }
     // RoPE's cos and sin tables [seq, head_dim / 2] each, shared by every layer.
     mem.activations += a * static_cast<double>(train_.seq_len * m.head_dim);

@@ -80,12 +80,11 @@ Run train(const Plan& plan, ProcessGroups* groups) {
     REQUIRE(r.memory);
     activations = r.memory->activations_bytes;
   });
-  if (plan.layout.tp == 1 && plan.layout.ep == 1) {
+  if (plan.layout.ep == 1) {
     // Without expert parallelism every rank's experts see exactly top-k copies of its tokens:
-    // its activations, too, are the bytes the simulator predicts (hs and rep do not change
-    // them). With ep > 1 a rank holds what it received, which varies from step to step; with
-    // tp > 1 the executor keeps the norm outputs gathered over the whole sequence, where the
-    // simulator assumes Megatron's sequence-parallel chunks gathered again in backward.
+    // its activations, too, are the bytes the simulator predicts, with tp's sequence and head
+    // splits (hs and rep do not change them). With ep > 1 a rank holds what it received, which
+    // varies from step to step.
     const MemoryBreakdown predicted =
         simulator::Simulator(plan.model, plan.cluster, plan.train).memory(plan.layout, nullptr);
     CHECK(activations == predicted.activations);
