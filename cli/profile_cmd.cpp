@@ -21,6 +21,7 @@
 #include "core/presets.hpp"
 #include "kernels/cpu/attention.hpp"
 #include "kernels/cpu/gemm.hpp"
+#include "kernels/cpu/optimizer.hpp"
 #include "kernels/cpu/parallel.hpp"
 #include "kernels/cpu/rmsnorm.hpp"
 #include "simulator/collectives.hpp"
@@ -140,6 +141,22 @@ double profile_memory_bound() {
   return 2.0 * 4.0 * static_cast<double>(rows * d) / t;
 }
 
+// The executor's optimizer phase on 4 Mi fp32 parameters: the global gradient norm, then AdamW.
+// Bytes per second as the simulator counts them: master, gradient, m and v read, master, m and v
+// written, and the working copy (the fp32 master itself here): 32 bytes per parameter.
+double profile_optimizer() {
+  const std::int64_t n = std::int64_t{4} << 20;
+  std::vector<float> param(n, 0.5f), m(n, 0.0f), v(n, 0.0f), grad(n, 1e-3f);
+  const k::AdamWParams hp{1e-3, 0.9, 0.95, 1e-8, 0.1};
+  std::int64_t step = 0;
+  const double t = best_time([&] {
+    const double norm = std::sqrt(k::sum_of_squares<float>(grad.data(), n));
+    k::adamw_step<float>(param.data(), m.data(), v.data(), grad.data(), n, hp, ++step,
+                         k::clip_scale(norm, 1.0));
+  });
+  return 32.0 * static_cast<double>(n) / t;
+}
+
 // Causal attention forward of the mini model's shape; FLOPs counted as the simulator counts them
 // (4 x tokens x q_dim x mean attended keys).
 double profile_attention() {
@@ -166,6 +183,44 @@ double profile_kernel_overhead() {
     }
   });
   return t / (2.0 * kCalls);
+}
+
+// How much `devices` busy cores slow each other: the mini model's grouped expert GEMMs and an
+// RMSNorm over [4096 x 512] (compute and memory traffic, as a training step mixes them), run a
+// fixed number of times on one thread alone, then on `devices` threads at once. Returns the
+// profile's node_contention, (time together / time alone - 1) / (devices - 1), at least 0.
+double profile_node_contention(std::int64_t devices) {
+  if (devices < 2) return 0.0;
+  constexpr int kReps = 40;
+  auto work = [] {
+    const std::int64_t experts = 8, rows = 64, h = 128, f = 256, norm_rows = 4096, d = 512;
+    std::vector<float> x(experts * rows * h, 0.5f), w(experts * h * f, 0.1f),
+        y(experts * rows * f, 0.0f), in(norm_rows * d, 0.5f), out(norm_rows * d), rstd(norm_rows),
+        g(d, 1.0f);
+    const auto t0 = Clock::now();
+    for (int rep = 0; rep < kReps; ++rep) {
+      for (std::int64_t e = 0; e < experts; ++e) {
+        k::gemm<float>(false, false, rows, f, h, 1.0f, x.data() + e * rows * h, h,
+                       w.data() + e * h * f, f, 0.0f, y.data() + e * rows * f, f);
+      }
+      k::rmsnorm_forward<float>(out.data(), rstd.data(), in.data(), g.data(), norm_rows, d, 1e-5f);
+    }
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+  };
+  work();  // warm-up: first touch, BLAS buffers
+  const double alone = work();
+  std::vector<double> together(static_cast<std::size_t>(devices), 0.0);
+  {
+    std::vector<std::thread> threads;
+    for (std::int64_t i = 0; i < devices; ++i)
+      threads.emplace_back([&, i] { together[static_cast<std::size_t>(i)] = work(); });
+    for (std::thread& t : threads)
+      t.join();
+  }
+  double mean = 0;
+  for (double t : together)
+    mean += t / static_cast<double>(devices);
+  return std::max(0.0, (mean / alone - 1.0) / static_cast<double>(devices - 1));
 }
 
 struct CollectivePoint {
@@ -374,6 +429,14 @@ void run(const ProfileOptions& o) {
   std::printf("\nmemory: triad %.1f GB/s; RMSNorm %.1f GB/s (efficiency %.2f)\n", bandwidth / 1e9,
               norm / 1e9, d.memory_bound_efficiency);
 
+  const double optimizer = profile_optimizer();
+  d.optimizer_efficiency = std::clamp(optimizer / bandwidth, 1e-3, 1.0);
+  d.sources["optimizer_efficiency"] =
+      where + fmt(": gradient norm and AdamW over 4 Mi fp32 parameters move %.1f GB/s (32 bytes "
+                  "per parameter), over the triad's",
+                  optimizer / 1e9);
+  std::printf("optimizer: %.1f GB/s (efficiency %.2f)\n", optimizer / 1e9, d.optimizer_efficiency);
+
   const double attention = profile_attention();
   d.attention_efficiency = std::clamp(attention / peak_now, 1e-3, 1.0);
   d.sources["attention_efficiency"] =
@@ -387,6 +450,16 @@ void run(const ProfileOptions& o) {
   d.sources["kernel_overhead_us"] =
       where + ": mean time of an 8x8x8 sgemm and a one-row RMSNorm, whose arithmetic is negligible";
   std::printf("kernel overhead: %.2f us per call\n", d.kernel_overhead_us);
+
+  d.node_contention = profile_node_contention(cluster.devices_per_node);
+  d.sources["node_contention"] =
+      where + fmt(" alone, then %.0f threads at once: grouped expert GEMMs and an RMSNorm; "
+                  "(time together / alone - 1) / (threads - 1)",
+                  static_cast<double>(cluster.devices_per_node));
+  std::printf(
+      "node contention: %.2f (%lld busy cores each at %.0f%% of one alone)\n", d.node_contention,
+      static_cast<long long>(cluster.devices_per_node),
+      100.0 / (1.0 + d.node_contention * static_cast<double>(cluster.devices_per_node - 1)));
 
   if (!o.skip_collectives) {
     std::vector<CollectivePoint> points;

@@ -145,7 +145,9 @@ Json to_json(const HardwareProfile& p) {
   j["gemm_efficiency"] = p.gemm_efficiency;
   j["attention_efficiency"] = p.attention_efficiency;
   j["memory_bound_efficiency"] = p.memory_bound_efficiency;
+  j["optimizer_efficiency"] = p.optimizer_efficiency;
   j["kernel_overhead_us"] = p.kernel_overhead_us;
+  j["node_contention"] = p.node_contention;
   j["runtime_reserved_GiB"] = p.runtime_reserved_GiB;
   j["fragmentation_fraction"] = p.fragmentation_fraction;
   j["flash_attention"] = p.flash_attention;
@@ -168,7 +170,13 @@ HardwareProfile hardware_from_json(JsonObjectReader r) {
   p.gemm_efficiency = r.get_double("gemm_efficiency", 1e-3, 1);
   p.attention_efficiency = r.get_double("attention_efficiency", 1e-3, 1);
   p.memory_bound_efficiency = r.get_double("memory_bound_efficiency", 1e-3, 1);
+  // Optional (profiles written before it existed): 0, as efficient as other memory-bound kernels.
+  if (r.has("optimizer_efficiency")) {
+    p.optimizer_efficiency = r.get_double("optimizer_efficiency", 0, 1);
+  }
   p.kernel_overhead_us = r.get_double("kernel_overhead_us", 0, 1e6);
+  // Optional (profiles written before it existed): 0, devices that do not slow each other.
+  if (r.has("node_contention")) p.node_contention = r.get_double("node_contention", 0, 100);
   p.runtime_reserved_GiB = r.get_double("runtime_reserved_GiB", 0, 1e6);
   p.fragmentation_fraction = r.get_double("fragmentation_fraction", 0, 1);
   p.flash_attention = r.get_bool("flash_attention");

@@ -28,9 +28,24 @@ struct HardwareProfile {
   double gemm_efficiency = 0;          // achievable fraction of peak for large GEMMs
   double attention_efficiency = 0;     // fraction of peak for fused attention
   double memory_bound_efficiency = 0;  // achievable fraction of memory bandwidth
+  // Fraction of memory bandwidth the optimizer update reaches. 0 (the default, and what an
+  // absent JSON key reads as): that of every memory-bound kernel, as a fused multi-tensor AdamW
+  // on a GPU. The CPU backend's AdamW computes in double with a square root and divisions per
+  // element, which on one core is slower than its memory traffic.
+  double optimizer_efficiency = 0;
+  // The optimizer's efficiency as the time model uses it.
+  double effective_optimizer_efficiency() const {
+    return optimizer_efficiency > 0 ? optimizer_efficiency : memory_bound_efficiency;
+  }
   // Fixed cost of every kernel (launch, ramp-up and tail, the host's per-op work when the device
   // waits on it): what makes many small ops slower than their FLOPs and bytes say.
   double kernel_overhead_us = 0;
+  // Slowdown of a device's compute, memory traffic and per-kernel cost for each other busy device
+  // on its node, as a fraction of its speed alone: with n busy devices every rate divides by
+  // 1 + node_contention * (n - 1). CPU cores of one socket share memory bandwidth and caches (and,
+  // on a VM, physical cores with other guests and processes); GPUs have their own memory and SMs.
+  // Optional in JSON; default 0 (devices independent), as for every GPU preset.
+  double node_contention = 0;
   double runtime_reserved_GiB = 0;    // context, library workspaces, communicator buffers
   double fragmentation_fraction = 0;  // allocator slack, fraction of dynamic memory
   bool flash_attention = true;        // attention never stores the s x s scores

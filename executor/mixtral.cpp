@@ -118,7 +118,10 @@ MixtralModel::MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::i
   for (LayerActs& a : acts_) {
     a.x_in.resize(sz(nl * d));
     a.rstd1.resize(sz(nl));
-    a.h1n.resize(sz(n * d));  // gathered over tp: the QKV input for the whole sequence
+    // Norm outputs are kept for this rank's sequence chunk; with tp > 1 they are gathered over
+    // the whole sequence (into gathered_) when a GEMM reads them, in forward and again in
+    // backward, as Megatron's sequence parallelism does.
+    a.h1n.resize(sz(nl * d));
     a.q.resize(sz(n * ql));
     a.k.resize(sz(n * kvl));
     a.v.resize(sz(n * kvl));
@@ -126,24 +129,26 @@ MixtralModel::MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::i
     a.ctx.resize(sz(n * ql));
     a.x_mid.resize(sz(nl * d));
     a.rstd2.resize(sz(nl));
-    a.h2n.resize(sz(n * d));
-    a.router_logits.resize(sz(n * e));
+    a.h2n.resize(sz(nl * d));
+    if (moe_.z_loss_coef > 0) a.router_logits.resize(sz(n * e));
     a.probs.resize(sz(n * e));
     a.topk_w.resize(sz(nk));
     a.topk_idx.resize(sz(nk));
     a.counts.resize(sz(e));
     a.offsets.resize(sz(e + 1));
     a.slot_row.resize(sz(nk));
-    a.row_slot.resize(sz(nk));
-    a.xp.resize(sz(nk * d));
+    if (ep_size_ == 1) a.xp.resize(sz(nk * d));
     a.h1.resize(sz(nk * f));
     a.h3.resize(sz(nk * f));
     a.act.resize(sz(nk * f));
     a.yp.resize(sz(nk * d));
   }
+  if (moe_.z_loss_coef <= 0) router_logits_.resize(sz(n * e));
+  row_slot_.resize(sz(nk));
+  if (ep_size_ > 1) xp_send_.resize(sz(nk * d));
   x_final_.resize(sz(nl * d));
   rstd_f_.resize(sz(nl));
-  hf_.resize(sz(n * d));
+  hf_.resize(sz(nl * d));
   logits_.resize(sz(n * vl));
   aux_counts_.resize(sz(e));
   aux_prob_sum_.resize(sz(e));
@@ -151,23 +156,37 @@ MixtralModel::MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::i
   dx_mid_.resize(sz(nl * d));
   dtmp_.resize(sz(nl * d));
   dh_.resize(sz(n * d));
-  dq_.resize(sz(n * ql));
-  dk_.resize(sz(n * kvl));
-  dv_.resize(sz(n * kvl));
-  dctx_.resize(sz(n * ql));
   if (tp_size_ > 1) {
     norm_local_.resize(sz(nl * d));
     partial_.resize(sz(n * d));
     gathered_.resize(sz(n * d));
     lse_.resize(sz(n));
   }
-  drouter_.resize(sz(n * e));
-  dprobs_.resize(sz(n * e));
-  dtopk_w_.resize(sz(nk));
-  dxp_.resize(sz(nk * d));
-  dyp_.resize(sz(nk * d));
-  dh1_.resize(sz(nk * f));
-  dh3_.resize(sz(nk * f));
+  const std::int64_t attention_grads = 2 * n * ql + 2 * n * kvl;
+  const std::int64_t moe_grads = 2 * n * e + nk + 2 * nk * d + 2 * nk * f;
+  backward_arena_.resize(sz(std::max(attention_grads, moe_grads)));
+  float* next = backward_arena_.data();
+  auto carve = [&next](std::int64_t count) {
+    float* p = next;
+    next += count;
+    return p;
+  };
+  dq_ = carve(n * ql);
+  dk_ = carve(n * kvl);
+  dv_ = carve(n * kvl);
+  dctx_ = carve(n * ql);
+  next = backward_arena_.data();
+  drouter_ = carve(n * e);
+  dprobs_ = carve(n * e);
+  dtopk_w_ = carve(nk);
+  dxp_ = carve(nk * d);
+  dyp_ = carve(nk * d);
+  dh1_ = carve(nk * f);
+  dh3_ = carve(nk * f);
+}
+
+float* MixtralModel::router_logits(LayerActs& a) {
+  return a.router_logits.empty() ? router_logits_.data() : a.router_logits.data();
 }
 
 MicroBatchLoss MixtralModel::forward(const float* params, const std::int32_t* ids,
@@ -229,16 +248,16 @@ MicroBatchLoss MixtralModel::forward(ParameterAccess& access, const std::int32_t
   for (std::int64_t li = 0; li < m.num_hidden_layers; ++li) {
     LayerActs& a = acts_[sz(li)];
     const LayerOffsets& o = layout_.layer(li);
+    const float* h2n = nullptr;  // the post-attention norm output, whole sequence
     access.acquire(1 + li, false);
     {
       PhaseTimer t(times, "attention");
-      float* normed = tp_size_ == 1 ? a.h1n.data() : norm_local_.data();
-      k::rmsnorm_forward<float>(normed, a.rstd1.data(), a.x_in.data(), P(o.input_norm), nl, d,
+      k::rmsnorm_forward<float>(a.h1n.data(), a.rstd1.data(), a.x_in.data(), P(o.input_norm), nl, d,
                                 m.rms_norm_eps);
-      if (tp_size_ > 1) parallel_.tp->all_gather(normed, a.h1n.data(), nl * d);
-      linear_forward(a.q.data(), a.h1n.data(), P(o.q), n, d, ql);
-      linear_forward(a.k.data(), a.h1n.data(), P(o.k), n, d, kvl);
-      linear_forward(a.v.data(), a.h1n.data(), P(o.v), n, d, kvl);
+      const float* h1n = gather_sequence(a.h1n);
+      linear_forward(a.q.data(), h1n, P(o.q), n, d, ql);
+      linear_forward(a.k.data(), h1n, P(o.k), n, d, kvl);
+      linear_forward(a.v.data(), h1n, P(o.v), n, d, kvl);
       k::rope_forward<float>(a.q.data(), a.q.data(), rope_cos_.data(), rope_sin_.data(), seq_,
                              nullptr, 0, batch_, seq_, heads, m.head_dim);
       k::rope_forward<float>(a.k.data(), a.k.data(), rope_cos_.data(), rope_sin_.data(), seq_,
@@ -256,30 +275,31 @@ MicroBatchLoss MixtralModel::forward(ParameterAccess& access, const std::int32_t
     }
     {
       PhaseTimer t(times, "router");
-      float* normed = tp_size_ == 1 ? a.h2n.data() : norm_local_.data();
-      k::rmsnorm_forward<float>(normed, a.rstd2.data(), a.x_mid.data(), P(o.post_norm), nl, d,
+      k::rmsnorm_forward<float>(a.h2n.data(), a.rstd2.data(), a.x_mid.data(), P(o.post_norm), nl, d,
                                 m.rms_norm_eps);
       // Every tp rank routes the whole sequence (the same result on each).
-      if (tp_size_ > 1) parallel_.tp->all_gather(normed, a.h2n.data(), nl * d);
-      linear_forward(a.router_logits.data(), a.h2n.data(), P(o.gate), n, d, e);
+      h2n = gather_sequence(a.h2n);
+      float* logits = router_logits(a);
+      linear_forward(logits, h2n, P(o.gate), n, d, e);
       if (moe_.load_balancing == LoadBalancing::Sinkhorn) {
         k::router_sinkhorn_forward<float>(a.probs.data(), a.topk_idx.data(), a.topk_w.data(),
-                                          a.router_logits.data(), n, e, kk, kSinkhornTol,
-                                          kSinkhornMaxIters);
+                                          logits, n, e, kk, kSinkhornTol, kSinkhornMaxIters);
       } else {
-        k::router_forward<float>(a.probs.data(), a.topk_idx.data(), a.topk_w.data(),
-                                 a.router_logits.data(), n, e, kk, m.norm_topk_prob);
+        k::router_forward<float>(a.probs.data(), a.topk_idx.data(), a.topk_w.data(), logits, n, e,
+                                 kk, m.norm_topk_prob);
         k::aux_loss_accumulate<float>(aux_counts_.data(), aux_prob_sum_.data(), a.probs.data(),
                                       a.topk_idx.data(), n, e, kk);
       }
-      if (moe_.z_loss_coef > 0) loss.z += k::z_loss_forward<float>(a.router_logits.data(), n, e);
+      if (moe_.z_loss_coef > 0) loss.z += k::z_loss_forward<float>(logits, n, e);
     }
     {
       PhaseTimer t(times, "dispatch");
       dropped_ += k::dispatch_plan(a.counts.data(), a.offsets.data(), a.slot_row.data(),
-                                   a.row_slot.data(), a.topk_idx.data(), n, e, kk, capacity);
+                                   row_slot_.data(), a.topk_idx.data(), n, e, kk, capacity);
       a.rows = a.offsets[sz(e)];
-      k::permute_forward<float>(a.xp.data(), a.h2n.data(), a.row_slot.data(), a.rows, kk, d);
+      // One rank keeps the permuted rows as its experts' input; with ep > 1 they are only sent.
+      float* permuted = ep_size_ == 1 ? a.xp.data() : xp_send_.data();
+      k::permute_forward<float>(permuted, h2n, row_slot_.data(), a.rows, kk, d);
     }
     if (ep_size_ > 1) {
       experts_forward(a, o, access, times);
@@ -304,11 +324,9 @@ MicroBatchLoss MixtralModel::forward(ParameterAccess& access, const std::int32_t
   access.acquire(head_group, false);
   {
     PhaseTimer t(times, "lm_head");
-    float* normed = tp_size_ == 1 ? hf_.data() : norm_local_.data();
-    k::rmsnorm_forward<float>(normed, rstd_f_.data(), x_final_.data(), P(layout_.final_norm()), nl,
-                              d, m.rms_norm_eps);
-    if (tp_size_ > 1) parallel_.tp->all_gather(normed, hf_.data(), nl * d);
-    linear_forward(logits_.data(), hf_.data(), P(layout_.lm_head()), n, d, vl);
+    k::rmsnorm_forward<float>(hf_.data(), rstd_f_.data(), x_final_.data(), P(layout_.final_norm()),
+                              nl, d, m.rms_norm_eps);
+    linear_forward(logits_.data(), gather_sequence(hf_), P(layout_.lm_head()), n, d, vl);
     loss.ce = tp_size_ == 1
                   ? k::cross_entropy_forward<float>(nullptr, logits_.data(), targets_.data(), n, v)
                   : vocab_parallel_loss();
@@ -354,7 +372,7 @@ void MixtralModel::backward(ParameterAccess& access, double loss_scale, PhaseTim
     } else {
       vocab_parallel_loss_backward(loss_scale);
     }
-    linear_backward(dh_.data(), G(layout_.lm_head()), logits_.data(), hf_.data(),
+    linear_backward(dh_.data(), G(layout_.lm_head()), logits_.data(), gather_sequence(hf_),
                     P(layout_.lm_head()), n, d, vl, 0.0f);
     float* dh_local = tp_size_ == 1 ? dh_.data() : norm_local_.data();
     to_local(dh_.data(), dh_local);
@@ -375,50 +393,50 @@ void MixtralModel::backward(ParameterAccess& access, double loss_scale, PhaseTim
     }
     {
       PhaseTimer t(times, "combine");
-      k::unpermute_combine_backward<float>(dyp_.data(), dtopk_w_.data(), dy, a.yp.data(),
-                                           a.topk_w.data(), a.slot_row.data(), n, kk, d);
+      k::unpermute_combine_backward<float>(dyp_, dtopk_w_, dy, a.yp.data(), a.topk_w.data(),
+                                           a.slot_row.data(), n, kk, d);
       // Each tp rank's expert outputs are partial sums: so is its weight gradient.
-      if (tp_size_ > 1) parallel_.tp->all_reduce(dtopk_w_.data(), n * kk);
+      if (tp_size_ > 1) parallel_.tp->all_reduce(dtopk_w_, n * kk);
     }
     if (ep_size_ > 1) {
       experts_backward(a, o, access, times);
     } else {
       PhaseTimer t(times, "experts");
-      k::swiglu_grouped_backward<float>(dxp_.data(), G(o.w1[0]), G(o.w3[0]), G(o.w2[0]),
-                                        dh1_.data(), dh3_.data(), dyp_.data(), a.xp.data(),
-                                        a.h1.data(), a.h3.data(), a.act.data(), P(o.w1[0]),
-                                        P(o.w3[0]), P(o.w2[0]), a.counts.data(), e, d, f);
+      k::swiglu_grouped_backward<float>(
+          dxp_, G(o.w1[0]), G(o.w3[0]), G(o.w2[0]), dh1_, dh3_, dyp_, a.xp.data(), a.h1.data(),
+          a.h3.data(), a.act.data(), P(o.w1[0]), P(o.w3[0]), P(o.w2[0]), a.counts.data(), e, d, f);
     }
     {
       PhaseTimer t(times, "dispatch");
-      k::permute_backward<float>(dh_.data(), dxp_.data(), a.slot_row.data(), n, kk, d);
+      k::permute_backward<float>(dh_.data(), dxp_, a.slot_row.data(), n, kk, d);
     }
     {
       PhaseTimer t(times, "router");
       if (moe_.load_balancing == LoadBalancing::Sinkhorn) {
-        k::router_sinkhorn_backward<float>(drouter_.data(), dtopk_w_.data(), a.probs.data(),
-                                           a.topk_idx.data(), n, e, kk);
+        k::router_sinkhorn_backward<float>(drouter_, dtopk_w_, a.probs.data(), a.topk_idx.data(), n,
+                                           e, kk);
       } else {
         const float* dprobs = nullptr;
         if (aux_on) {
-          std::fill(dprobs_.begin(), dprobs_.end(), 0.0f);
+          std::fill(dprobs_, dprobs_ + n * e, 0.0f);
           k::aux_loss_backward<float>(
-              dprobs_.data(), aux_counts_.data(), n * m.num_hidden_layers * dp_size_, n, e,
+              dprobs_, aux_counts_.data(), n * m.num_hidden_layers * dp_size_, n, e,
               loss_scale * static_cast<double>(dp_size_) * moe_.aux_loss_coef);
-          dprobs = dprobs_.data();
+          dprobs = dprobs_;
         }
-        k::router_backward<float>(drouter_.data(), dtopk_w_.data(), dprobs, a.probs.data(),
-                                  a.topk_idx.data(), n, e, kk, m.norm_topk_prob);
+        k::router_backward<float>(drouter_, dtopk_w_, dprobs, a.probs.data(), a.topk_idx.data(), n,
+                                  e, kk, m.norm_topk_prob);
       }
       if (moe_.z_loss_coef > 0) {
-        k::z_loss_backward<float>(drouter_.data(), a.router_logits.data(), n, e,
+        k::z_loss_backward<float>(drouter_, a.router_logits.data(), n, e,
                                   loss_scale * moe_.z_loss_coef);
       }
       // Every tp rank routed the whole sequence: the gate's gradient is whole on each, and its
       // share of d(input) is 1/tp of the total so the reduce-scatter below sums it once.
-      k::gemm<float>(true, false, e, d, n, 1.0f, drouter_.data(), e, a.h2n.data(), d, 1.0f,
+      // The combine's gradient no longer needs gathered_: the norm output is gathered into it.
+      k::gemm<float>(true, false, e, d, n, 1.0f, drouter_, e, gather_sequence(a.h2n), d, 1.0f,
                      G(o.gate), d);
-      k::gemm<float>(false, false, n, d, e, 1.0f / static_cast<float>(tp_size_), drouter_.data(), e,
+      k::gemm<float>(false, false, n, d, e, 1.0f / static_cast<float>(tp_size_), drouter_, e,
                      P(o.gate), d, 1.0f, dh_.data(), d);
       float* dh_local = tp_size_ == 1 ? dh_.data() : norm_local_.data();
       to_local(dh_.data(), dh_local);
@@ -433,17 +451,18 @@ void MixtralModel::backward(ParameterAccess& access, double loss_scale, PhaseTim
         parallel_.tp->all_gather(dx_mid_.data(), gathered_.data(), nl * d);
         dmid = gathered_.data();
       }
-      linear_backward(dctx_.data(), G(o.o), dmid, a.ctx.data(), P(o.o), n, ql, d, 0.0f);
-      k::attention_backward<float>(dq_.data(), dk_.data(), dv_.data(), dctx_.data(), a.q.data(),
-                                   a.k.data(), a.v.data(), a.att.data(), batch_, seq_, heads,
-                                   kv_heads, m.head_dim);
-      k::rope_backward<float>(dq_.data(), dq_.data(), rope_cos_.data(), rope_sin_.data(), seq_,
-                              nullptr, 0, batch_, seq_, heads, m.head_dim);
-      k::rope_backward<float>(dk_.data(), dk_.data(), rope_cos_.data(), rope_sin_.data(), seq_,
-                              nullptr, 0, batch_, seq_, kv_heads, m.head_dim);
-      linear_backward(dh_.data(), G(o.q), dq_.data(), a.h1n.data(), P(o.q), n, d, ql, 0.0f);
-      linear_backward(dh_.data(), G(o.k), dk_.data(), a.h1n.data(), P(o.k), n, d, kvl, 1.0f);
-      linear_backward(dh_.data(), G(o.v), dv_.data(), a.h1n.data(), P(o.v), n, d, kvl, 1.0f);
+      linear_backward(dctx_, G(o.o), dmid, a.ctx.data(), P(o.o), n, ql, d, 0.0f);
+      k::attention_backward<float>(dq_, dk_, dv_, dctx_, a.q.data(), a.k.data(), a.v.data(),
+                                   a.att.data(), batch_, seq_, heads, kv_heads, m.head_dim);
+      k::rope_backward<float>(dq_, dq_, rope_cos_.data(), rope_sin_.data(), seq_, nullptr, 0,
+                              batch_, seq_, heads, m.head_dim);
+      k::rope_backward<float>(dk_, dk_, rope_cos_.data(), rope_sin_.data(), seq_, nullptr, 0,
+                              batch_, seq_, kv_heads, m.head_dim);
+      // The output projection is done with the gathered d(x_mid): gathered_ takes the norm output.
+      const float* h1n = gather_sequence(a.h1n);
+      linear_backward(dh_.data(), G(o.q), dq_, h1n, P(o.q), n, d, ql, 0.0f);
+      linear_backward(dh_.data(), G(o.k), dk_, h1n, P(o.k), n, d, kvl, 1.0f);
+      linear_backward(dh_.data(), G(o.v), dv_, h1n, P(o.v), n, d, kvl, 1.0f);
       float* dh_local = tp_size_ == 1 ? dh_.data() : norm_local_.data();
       to_local(dh_.data(), dh_local);
       k::rmsnorm_backward<float>(dtmp_.data(), G(o.input_norm), dh_local, a.x_in.data(),
@@ -475,6 +494,12 @@ void MixtralModel::backward(ParameterAccess& access, double loss_scale, PhaseTim
   }
   access.release(0, true);
   access.end_pass(true);
+}
+
+const float* MixtralModel::gather_sequence(const std::vector<float>& local) {
+  if (tp_size_ == 1) return local.data();
+  parallel_.tp->all_gather(local.data(), gathered_.data(), tokens_ / tp_size_ * model_.hidden_size);
+  return gathered_.data();
 }
 
 void MixtralModel::tp_scatter(const float* partial, float* local) {
@@ -542,7 +567,7 @@ void MixtralModel::experts_forward(LayerActs& a, const LayerOffsets& o, Paramete
   {
     PhaseTimer t(times, "dispatch");
     a.exchange.plan(ep, a.counts.data(), model_.num_local_experts);
-    a.exchange.dispatch(ep, a.xp.data(), d, a.xg, exchange_);
+    a.exchange.dispatch(ep, xp_send_.data(), d, a.xg, exchange_);
   }
   {
     PhaseTimer t(times, "experts");
@@ -571,7 +596,7 @@ void MixtralModel::experts_backward(LayerActs& a, const LayerOffsets& o, Paramet
   {
     PhaseTimer t(times, "combine");
     // The backward of combine: output gradients go to the ranks that computed the outputs.
-    a.exchange.dispatch(ep, dyp_.data(), d, exchange2_, exchange_);
+    a.exchange.dispatch(ep, dyp_, d, exchange2_, exchange_);
   }
   {
     PhaseTimer t(times, "experts");
@@ -586,7 +611,7 @@ void MixtralModel::experts_backward(LayerActs& a, const LayerOffsets& o, Paramet
   {
     PhaseTimer t(times, "dispatch");
     // The backward of dispatch: input gradients go back to the ranks that sent the rows.
-    a.exchange.combine(ep, exchange2_.data(), d, dxp_.data(), exchange_);
+    a.exchange.combine(ep, exchange2_.data(), d, dxp_, exchange_);
   }
 }
 
@@ -618,18 +643,21 @@ std::int64_t MixtralModel::activation_bytes() const {
   std::int64_t floats = 0, others = 0;
   auto f = [&](const std::vector<float>& x) { floats += static_cast<std::int64_t>(x.size()); };
   for (const LayerActs& a : acts_) {
-    for (const auto* x :
-         {&a.x_in, &a.rstd1, &a.h1n, &a.q, &a.k, &a.v, &a.att, &a.ctx, &a.x_mid, &a.rstd2, &a.h2n,
-          &a.router_logits, &a.probs, &a.topk_w, &a.xp, &a.h1, &a.h3, &a.act, &a.yp}) {
+    for (const auto* x : {&a.x_in,  &a.rstd1,  &a.h1n,   &a.q,     &a.k,   &a.v,
+                          &a.att,   &a.ctx,    &a.x_mid, &a.rstd2, &a.h2n, &a.router_logits,
+                          &a.probs, &a.topk_w, &a.xp,    &a.xg,    &a.h1,  &a.h3,
+                          &a.act,   &a.yp}) {
       f(*x);
     }
     others += static_cast<std::int64_t>(
-        a.topk_idx.size() * 4 +
-        (a.counts.size() + a.offsets.size() + a.slot_row.size() + a.row_slot.size()) * 8);
+        a.topk_idx.size() * 4 + (a.counts.size() + a.offsets.size() + a.slot_row.size()) * 8);
   }
-  for (const auto* x : {&x_final_, &rstd_f_, &hf_,  &logits_, &dx_,   &dx_mid_,   &dtmp_,
-                        &dh_,      &dq_,     &dk_,  &dv_,     &dctx_, &drouter_,  &dprobs_,
-                        &dtopk_w_, &dxp_,    &dyp_, &dh1_,    &dh3_,  &rope_cos_, &rope_sin_}) {
+  // Not counted: the ep > 1 send buffer xp_send_ and the exchange's staging, and tp > 1's
+  // staging (norm_local_, gathered_, partial_): communication buffers, which the simulator counts
+  // as such.
+  others += static_cast<std::int64_t>(row_slot_.size() * 8 + lse_.size() * 8);
+  for (const auto* x : {&router_logits_, &x_final_, &rstd_f_, &hf_, &logits_, &dx_, &dx_mid_,
+                        &dtmp_, &dh_, &backward_arena_, &rope_cos_, &rope_sin_}) {
     f(*x);
   }
   return floats * 4 + others;

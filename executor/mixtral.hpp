@@ -81,6 +81,9 @@ class MixtralModel {
  public:
   MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::int64_t batch,
                std::int64_t seq_len, ModelParallel parallel = {});
+  // The backward scratch pointers point into the model's own arena.
+  MixtralModel(const MixtralModel&) = delete;
+  MixtralModel& operator=(const MixtralModel&) = delete;
 
   const ModelSpec& spec() const { return model_; }
   const ParameterLayout& layout() const { return layout_; }
@@ -104,16 +107,22 @@ class MixtralModel {
   // Routed (token, slot) pairs per expert in each layer for the last forward(): [layer][expert].
   std::vector<std::vector<std::int64_t>> tokens_per_expert() const;
   std::int64_t dropped_slots() const { return dropped_; }
-  // Bytes of every activation and scratch buffer this model holds.
+  // Bytes of every activation and scratch buffer this model holds (the expert-parallel exchange's
+  // staging and the tensor-parallel staging are communication buffers, not counted here).
   std::int64_t activation_bytes() const;
 
  private:
+  // What one layer keeps from its forward for its backward, and nothing else: buffers only the
+  // forward reads live once in the model (forward scratch below).
   struct LayerActs {
     std::vector<float> x_in, rstd1, h1n, q, k, v, att, ctx, x_mid, rstd2, h2n;
-    std::vector<float> router_logits, probs, topk_w;
+    std::vector<float> probs, topk_w;
+    std::vector<float> router_logits;  // [N, E], kept only for the z-loss backward (else empty)
     std::vector<std::int32_t> topk_idx;
-    std::vector<std::int64_t> counts, offsets, slot_row, row_slot;
+    std::vector<std::int64_t> counts, offsets, slot_row;
     std::int64_t rows = 0;  // permuted rows kept
+    // The experts' input [R, D] (one rank; empty with ep > 1, where `xg` holds it), their
+    // intermediate [R, F] values and their outputs [N*K, D] in dispatch order.
     std::vector<float> xp, h1, h3, act, yp;
     // Expert parallelism: the exchange's counts, and the received inputs regrouped expert-major
     // ([local expert][peer][rows]).
@@ -141,8 +150,13 @@ class MixtralModel {
     std::int64_t n, d, nl, ql, kvl, heads, kv_heads, e, kk, f, v, vl;
   };
   Dims dims() const;
+  // Layer a's router logits [N, E]: its own with a z-loss, else the shared forward scratch.
+  float* router_logits(LayerActs& a);
   // Sequence parallelism: partial [N, D] sums reduce-scattered into this rank's [N/tp, D] chunk.
   void tp_scatter(const float* partial, float* local);
+  // This rank's [N/tp, D] chunk over the whole sequence [N, D]: itself with tp = 1, else
+  // all-gathered into gathered_ (valid until the next use of gathered_).
+  const float* gather_sequence(const std::vector<float>& local);
   double vocab_parallel_loss();  // tp > 1: cross-entropy over split vocabulary
   void vocab_parallel_loss_backward(double loss_scale);
   ParameterLayout layout_;
@@ -155,11 +169,21 @@ class MixtralModel {
   std::vector<std::int64_t> aux_counts_;
   std::vector<double> aux_prob_sum_;
   std::int64_t dropped_ = 0;
-  // Backward scratch.
-  std::vector<float> dx_, dx_mid_, dtmp_, dh_, dq_, dk_, dv_, dctx_, drouter_, dprobs_, dtopk_w_;
-  std::vector<float> dxp_, dyp_, dh1_, dh3_;
+  // Forward scratch: what a layer's forward needs and its backward does not. Router logits
+  // [N, E] when there is no z-loss; the slot of each permuted row [N*K]; with ep > 1 the
+  // permuted rows [N*K, D] before they are sent.
+  std::vector<float> router_logits_, xp_send_;
+  std::vector<std::int64_t> row_slot_;
+  // Backward scratch. The residual-stream gradients dx_, dx_mid_, dtmp_ [N/tp, D] and dh_ [N, D]
+  // live through a layer's backward; the attention half's gradients (dq_, dk_, dv_, dctx_) and
+  // the MoE half's (drouter_, dprobs_ [N, E], dtopk_w_ [N*K], dxp_, dyp_ [N*K, D], dh1_, dh3_
+  // [N*K, F]) never live at the same time and share one arena.
+  std::vector<float> dx_, dx_mid_, dtmp_, dh_, backward_arena_;
+  float *dq_ = nullptr, *dk_ = nullptr, *dv_ = nullptr, *dctx_ = nullptr;
+  float *drouter_ = nullptr, *dprobs_ = nullptr, *dtopk_w_ = nullptr;
+  float *dxp_ = nullptr, *dyp_ = nullptr, *dh1_ = nullptr, *dh3_ = nullptr;
   std::vector<float> exchange_, exchange2_;             // expert-parallel staging, [rows, D]
-  std::vector<float> norm_local_, gathered_, partial_;  // tensor-parallel staging
+  std::vector<float> norm_local_, gathered_, partial_;  // tensor-parallel staging, [N/tp or N, D]
   std::vector<double> lse_;                             // [N] log-sum-exp of the full vocabulary
 };
 

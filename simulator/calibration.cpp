@@ -32,9 +32,17 @@ const std::vector<CalibrationParameter>& calibration_parameters() {
       {"device.memory_bound_efficiency", "",
        [](const ClusterSpec& c) { return c.device.memory_bound_efficiency; },
        [](ClusterSpec& c, double v) { c.device.memory_bound_efficiency = v; }, 1e-3, 1.0, true},
+      // Starts from the efficiency the time model uses (memory_bound_efficiency when unset).
+      {"device.optimizer_efficiency", "",
+       [](const ClusterSpec& c) { return c.device.effective_optimizer_efficiency(); },
+       [](ClusterSpec& c, double v) { c.device.optimizer_efficiency = v; }, 1e-3, 1.0, true},
       {"device.kernel_overhead_us", "us",
        [](const ClusterSpec& c) { return c.device.kernel_overhead_us; },
        [](ClusterSpec& c, double v) { c.device.kernel_overhead_us = v; }, 1e-3, 1e4, true},
+      // Linear: 0, devices that do not slow each other, is the default and a valid value.
+      {"device.node_contention", "", [](const ClusterSpec& c) { return c.device.node_contention; },
+       [](ClusterSpec& c, double v) { c.device.node_contention = v; }, 0.0, 10.0, false,
+       [](const Measurement& m) { return static_cast<double>(m.plan.cluster.devices_per_node); }},
       {"intra_node.bandwidth_GBps", "GB/s",
        [](const ClusterSpec& c) { return c.intra_node.bandwidth_GBps; },
        [](ClusterSpec& c, double v) { c.intra_node.bandwidth_GBps = v; }, 1e-3, 1e5, true},

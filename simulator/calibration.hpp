@@ -22,6 +22,8 @@
 
 namespace moetune::simulator {
 
+struct Measurement;
+
 struct CalibrationParameter {
   std::string name;  // "device.gemm_efficiency"
   std::string unit;  // "", "GB/s", "us"
@@ -29,6 +31,10 @@ struct CalibrationParameter {
   std::function<void(ClusterSpec&, double)> set;
   double lower = 0, upper = 0;
   bool log_space = true;  // fitted as log(value): for positive scale-like quantities
+  // Set for a parameter that acts as a multiplier on the others' effect unless the runs differ in
+  // this quantity (the busy devices per node, for node contention): fitted only when at least two
+  // runs differ in it, otherwise it would only trade off against the efficiencies.
+  std::function<double(const Measurement&)> varies_with = {};
 };
 
 // Every parameter calibration may fit, in a fixed order.

@@ -280,6 +280,13 @@ FitResult calibrate(const ClusterSpec& base_in, const std::vector<Measurement>& 
       fp.unit = candidates[j]->unit;
       fp.initial = fp.value = candidates[j]->get(base);
       fp.identified = std::sqrt(norm) > 1e-6;
+      if (candidates[j]->varies_with) {
+        const double first = candidates[j]->varies_with(runs.front());
+        fp.identified =
+            fp.identified && std::any_of(runs.begin(), runs.end(), [&](const Measurement& m) {
+              return candidates[j]->varies_with(m) != first;
+            });
+      }
       fp.stderr_value = std::numeric_limits<double>::quiet_NaN();
       result.parameters.push_back(fp);
       if (fp.identified) fitted.push_back(candidates[j]);

@@ -187,18 +187,42 @@ LayerActivations Simulator::layer_activations(const Layout& l) const {
     act.attention += a * b * heads * s * s;  // softmax probabilities
   }
   const double f = static_cast<double>(m.moe_intermediate_size);
-  act.moe = norm + a * T * h / t  // norm output (router and dispatch input)
-            +
-            4.0 * T * static_cast<double>(m.num_local_experts)  // router probabilities, fp32,
-                                                                // for all T tokens on every tp rank
-            + 8.0 * T * k                                       // top-k indices and weights
-            + Tr * (a * h                                       // permuted expert inputs
-                    + a * 3.0 * f / t                           // w1 and w3 outputs, SwiGLU output
-                    + a * h);  // expert outputs, for the gradient of the routing weights
+  const double E = static_cast<double>(m.num_local_experts);
+  // The router runs in fp32 on all T tokens on every tp rank; its logits are kept only for the
+  // z-loss's backward (softmax's backward needs its output alone).
+  const double router_logits = 4.0 * T * E;
+  const bool z_loss = train_.moe.z_loss_coef > 0;
+  act.moe = norm + a * T * h / t;  // norm output (router and dispatch input)
+  act.moe += 4.0 * T * E + (z_loss ? router_logits : 0.0);  // router probabilities (and logits)
+  act.moe += 8.0 * T * k;                                   // top-k indices (int32) and weights
+  // The permuted row of each routed copy (int64), to unpermute; rows per expert and offsets.
+  act.moe += 8.0 * T * k + 8.0 * (2.0 * E + 1.0);
+  // The experts' inputs, on the rank that runs them; w1 and w3 outputs and the SwiGLU output.
+  act.moe += Tr * (a * h + a * 3.0 * f / t);
+  // The expert outputs back in dispatch order, for the routing weights' gradient.
+  act.moe += a * T * k * h;
   if (m.shared_expert_intermediate_size > 0) {
     act.moe += a * T * 3.0 * static_cast<double>(m.shared_expert_intermediate_size) / t;
   }
-  act.dense_ffn = norm + a * T * h / t + a * T * 3.0 * static_cast<double>(m.intermediate_size) / t;
+  const double ffn = static_cast<double>(m.intermediate_size);
+  act.dense_ffn = norm + a * T * h / t + a * T * 3.0 * ffn / t;
+
+  // Router logits when they are not kept, and the slot of each permuted row (int64).
+  act.forward_scratch = (z_loss ? 0.0 : router_logits) + 8.0 * T * k;
+  // Backward: the gradients of the layer output, of the attention output's residual and of a
+  // norm's input (this rank's chunk), and of a norm output over the whole sequence.
+  const double residual = 3.0 * a * T * h / t + a * T * h;
+  const double attention_grads = a * T * 2.0 * (q + kv) / t;  // dq, dk, dv, d(attention output)
+  // d(router logits) and d(probabilities) in fp32, d(top-k weights), the gradients of the routed
+  // copies' outputs and inputs, and of w1's and w3's outputs.
+  const double moe_grads =
+      2.0 * 4.0 * T * E + 4.0 * T * k + a * 2.0 * T * k * h + a * 2.0 * Tr * f / t +
+      (m.shared_expert_intermediate_size > 0
+           ? a * 2.0 * T * static_cast<double>(m.shared_expert_intermediate_size) / t
+           : 0.0);
+  const double dense_grads = a * 2.0 * T * ffn / t;
+  act.backward_moe = residual + std::max(attention_grads, moe_grads);
+  act.backward_dense = residual + std::max(attention_grads, dense_grads);
   return act;
 }
 
@@ -266,14 +290,18 @@ MemoryBreakdown Simulator::memory(const Layout& l, double* host_bytes_per_node,
     const double layers = moe_layers + dense_layers;
     double per_layer_saved = 0;  // what one layer keeps per micro-batch
     double stage_saved = 0;      // what the stage keeps per micro-batch
-    double working_set = 0;      // recompute: one layer's full activations during its backward
+    // One layer's forward scratch and backward gradients; with recompute also that layer's full
+    // activations during its backward.
+    double working_set = act.forward_scratch + (sp.moe_layers > 0 ? act.backward_moe : 0.0);
+    if (sp.dense_layers > 0)
+      working_set = std::max(working_set, act.forward_scratch + act.backward_dense);
     if (l.recompute == Recompute::None) {
       stage_saved = moe_layers * full_moe + dense_layers * full_dense;
       per_layer_saved = sp.moe_layers > 0 ? full_moe : full_dense;
     } else {
       stage_saved = layers * act.input;
       per_layer_saved = act.input;
-      working_set = sp.moe_layers > 0 ? full_moe : full_dense;
+      working_set += sp.moe_layers > 0 ? full_moe : full_dense;
     }
     double saved = in_flight * stage_saved;
     if (l.activation_offload) {
@@ -286,11 +314,16 @@ MemoryBreakdown Simulator::memory(const Layout& l, double* host_bytes_per_node,
     }
     mem.activations = saved + working_set;
     if (sp.last) {
-      // Final norm input and fp32 logits for the loss (vocab-parallel: V/t per rank); the loss
-      // gradient is written over the logits in place.
-      mem.activations += a * T * h / l.tp +
+      // Final norm input, its 1/rms (fp32) and output (the LM head's input), and fp32 logits for
+      // the loss (vocab-parallel: V/t per rank); the loss gradient is written over the logits in
+      // place.
+      mem.activations += 2.0 * a * T * h / l.tp + 4.0 * T / l.tp +
                          4.0 * T * static_cast<double>(m.vocab_size) / static_cast<double>(l.tp);
+      // Vocab-parallel loss (tp > 1): each token's log-sum-exp over the whole vocabulary, fp64.
+      if (l.tp > 1) mem.activations += 8.0 * T;
     }
+    // RoPE's cos and sin tables [seq, head_dim / 2] each, shared by every layer.
+    mem.activations += a * static_cast<double>(train_.seq_len * m.head_dim);
 
     // Communication buffers of one MoE layer at a time: tokens out and in.
     if (sp.moe_layers > 0) {

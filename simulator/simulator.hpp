@@ -37,6 +37,13 @@ struct LayerActivations {
   double moe = 0;        // a layer with routed experts
   double dense_ffn = 0;  // a layer without experts
   double input = 0;      // the layer input: all a layer keeps under full recompute
+  // Held once, not per layer: what one layer's forward needs and its backward does not (router
+  // logits without a z-loss, the row-to-slot map of the dispatch), and the gradient buffers of
+  // one layer's backward (the residual stream's, and the larger of the attention half's and the
+  // MoE or dense FFN half's, which never live at once).
+  double forward_scratch = 0;
+  double backward_moe = 0;
+  double backward_dense = 0;
 };
 
 class Simulator {
@@ -60,6 +67,9 @@ class Simulator {
   // offload choice of the same degrees.
   StageParams stage_params(const Layout& layout, std::int64_t stage) const;
   LayerActivations layer_activations(const Layout& layout) const;
+  // The fraction of its speed alone a device keeps while every device of its node is busy:
+  // 1 / (1 + device.node_contention * (devices_per_node - 1)).
+  double node_share() const;
   // Expected tokens the busiest EP rank receives, as a multiple of the mean (>= 1).
   double expert_load_factor(const Layout& layout) const;
   // Coefficient of variation of expert popularity the prediction assumes: the calibrated

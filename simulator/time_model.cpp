@@ -97,12 +97,14 @@ StageCosts Simulator::stage_costs(const Layout& l, const Mesh& mesh, std::int64_
   const ModelSpec& m = model_;
   const HardwareProfile& dev = cluster_.device;
   const double peak = dev.peak_flops(train_.precision);
+  // Every rank of a node computes at once: each keeps node_share() of its speed alone.
+  const double share = node_share();
   // fp8 runs the GEMMs at the fp8 rate; attention and everything else stay in bf16.
-  const double gemm_rate = peak * dev.gemm_efficiency;
+  const double gemm_rate = peak * dev.gemm_efficiency * share;
   const double attn_rate =
       dev.peak_flops(train_.precision == Precision::Fp8 ? Precision::Bf16 : train_.precision) *
-      dev.attention_efficiency;
-  const double mem_rate = dev.memory_bandwidth_GBps * 1e9 * dev.memory_bound_efficiency;
+      dev.attention_efficiency * share;
+  const double mem_rate = dev.memory_bandwidth_GBps * 1e9 * dev.memory_bound_efficiency * share;
   const double a = train_.precision == Precision::Fp32 ? 4.0 : 2.0;
   const double t = static_cast<double>(l.tp);
   const double T = static_cast<double>(l.micro_batch * train_.seq_len);
@@ -121,7 +123,7 @@ StageCosts Simulator::stage_costs(const Layout& l, const Mesh& mesh, std::int64_
   // Every op pays a fixed cost per kernel; a GEMM runs at the larger of its compute and memory
   // times (small GEMMs, such as fine-grained experts' at few tokens each, are bound by reading
   // their weights). fp8 GEMMs read fp8 operands and quantize their activation input first.
-  const double t0 = dev.kernel_overhead_us * 1e-6;
+  const double t0 = dev.kernel_overhead_us * 1e-6 / share;
   const bool fp8 = train_.precision == Precision::Fp8;
   const double operand = fp8 ? 1.0 : a;
   auto gemm = [&](double m, double n, double kdim) {
@@ -188,6 +190,12 @@ StageCosts Simulator::stage_costs(const Layout& l, const Mesh& mesh, std::int64_
                     memory_op(12.0 * T * V / t, 2));
   }
   return c;
+}
+
+double Simulator::node_share() const {
+  const double others =
+      static_cast<double>(std::max<std::int64_t>(0, cluster_.devices_per_node - 1));
+  return 1.0 / (1.0 + cluster_.device.node_contention * others);
 }
 
 TimeBreakdown Simulator::time(const Layout& l, const Mesh& mesh) const {
@@ -263,12 +271,13 @@ TimeBreakdown Simulator::time(const Layout& l, const Mesh& mesh) const {
 
   // Optimizer: AdamW reads master, gradient, m, v and writes master, m, v and the working copy.
   const HardwareProfile& dev = cluster_.device;
-  const double mem_rate = dev.memory_bandwidth_GBps * 1e9 * dev.memory_bound_efficiency;
+  const double optimizer_rate =
+      dev.memory_bandwidth_GBps * 1e9 * dev.effective_optimizer_efficiency() * node_share();
   const double link_Bps = cluster_.host.link_bandwidth_GBps * 1e9;
   const double optimizer_params =
       l.distributed_optimizer ? busiest.owned : (local_dense + local_expert) / hs;
   if (!l.optimizer_offload) {
-    out.optimizer = (4.0 * 4.0 + 3.0 * 4.0 + a) * optimizer_params / mem_rate;
+    out.optimizer = (4.0 * 4.0 + 3.0 * 4.0 + a) * optimizer_params / optimizer_rate;
   } else {
     // Gradients go down, updated working parameters come back up; the host-side update runs
     // while the transfers stream.

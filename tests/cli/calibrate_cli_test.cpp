@@ -107,6 +107,10 @@ TEST_CASE("cli: profile measures this machine into a cluster profile", "[cli][pr
   CHECK(c.name == preset.name);
   CHECK(c.device.gemm_efficiency > 0);
   CHECK(c.device.memory_bandwidth_GBps > 0);
+  CHECK(c.device.node_contention >= 0);
+  CHECK(c.device.optimizer_efficiency > 0);
+  CHECK_THAT(c.device.sources.at("optimizer_efficiency"), Catch::Contains("AdamW"));
+  CHECK_THAT(c.device.sources.at("node_contention"), Catch::Contains("threads at once"));
   CHECK_THAT(c.device.sources.at("memory_bandwidth_GBps"), Catch::Contains("moetune profile"));
   CHECK_THAT(c.sources.at("intra_node.latency_us"), Catch::Contains("MPI ranks"));
   CHECK(c.intra_node.bandwidth_GBps > 0);

@@ -61,6 +61,38 @@ TEST_CASE("every device preset loads and round-trips", "[core][json][presets]") 
   }
 }
 
+TEST_CASE("node_contention round-trips and defaults to 0 when absent", "[core][json]") {
+  HardwareProfile device = load_device("cpu-zen4");
+  device.node_contention = 0.37;
+  const Json written = to_json(device);
+  CHECK(hardware_from_json(JsonObjectReader(written, "device")) == device);
+  // Profiles written before the field existed read as devices that do not slow each other.
+  Json old = written;
+  old.erase("node_contention");
+  CHECK(hardware_from_json(JsonObjectReader(old, "device")).node_contention == 0.0);
+  Json negative = written;
+  negative["node_contention"] = -0.5;
+  CHECK_THROWS_WITH(hardware_from_json(JsonObjectReader(negative, "device")),
+                    Catch::Contains("device.node_contention"));
+}
+
+TEST_CASE("optimizer_efficiency round-trips and defaults to the memory-bound efficiency",
+          "[core][json]") {
+  HardwareProfile device = load_device("cpu-zen4");
+  device.optimizer_efficiency = 0.21;
+  const Json written = to_json(device);
+  const HardwareProfile back = hardware_from_json(JsonObjectReader(written, "device"));
+  CHECK(back == device);
+  CHECK(back.effective_optimizer_efficiency() == 0.21);
+  // Absent (profiles written before it existed, every GPU preset): the optimizer update is as
+  // efficient as the other memory-bound kernels.
+  Json old = written;
+  old.erase("optimizer_efficiency");
+  const HardwareProfile unset = hardware_from_json(JsonObjectReader(old, "device"));
+  CHECK(unset.optimizer_efficiency == 0.0);
+  CHECK(unset.effective_optimizer_efficiency() == unset.memory_bound_efficiency);
+}
+
 TEST_CASE("every cluster preset loads and round-trips with its device inline",
           "[core][json][presets]") {
   for (const std::string& name : preset_names("clusters")) {

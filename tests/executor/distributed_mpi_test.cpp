@@ -73,10 +73,22 @@ Run train(const Plan& plan, ProcessGroups* groups) {
     CHECK(held.gathered_parameters == predicted.gathered_parameters);
   }
   Run run;
+  double activations = 0;
   trainer.run([&](const StepRecord& r) {
     run.losses.push_back(r.loss);
     run.aux.push_back(r.aux_loss);
+    REQUIRE(r.memory);
+    activations = r.memory->activations_bytes;
   });
+  if (plan.layout.ep == 1) {
+    // Without expert parallelism every rank's experts see exactly top-k copies of its tokens:
+    // its activations, too, are the bytes the simulator predicts, with tp's sequence and head
+    // splits (hs and rep do not change them). With ep > 1 a rank holds what it received, which
+    // varies from step to step.
+    const MemoryBreakdown predicted =
+        simulator::Simulator(plan.model, plan.cluster, plan.train).memory(plan.layout, nullptr);
+    CHECK(activations == predicted.activations);
+  }
   run.layout = std::make_unique<ParameterLayout>(trainer.layout());
   const std::vector<float> params = trainer.whole_params();
   for (const ParamTensor& t : trainer.layout().tensors()) {

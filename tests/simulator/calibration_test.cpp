@@ -87,9 +87,14 @@ TEST_CASE("calibration recovers the parameters that generated the measurements",
   truth.device.memory_bound_efficiency = 0.45;
   truth.intra_node.bandwidth_GBps = 2.5;
   truth.intra_node.latency_us = 9.0;
+  // The runs have one and two busy ranks per node, so the slowdown two ranks cause each other is
+  // seen apart from the efficiencies.
+  truth.device.node_contention = 0.6;
+  truth.device.optimizer_efficiency = 0.25;
 
   // 2% noise: each value must come back within 4 standard errors, and the standard errors must
-  // be small enough (under 15% of the value) for that to mean something.
+  // be small enough (under 15% of the value, 25% for what only two-rank runs see) for that to
+  // mean something.
   std::vector<simulator::Measurement> runs = synthetic_runs(truth, 0.02);
   // One wild run (a node hiccup: 3x slower) that the Huber loss must shrug off.
   runs[3].step_time_s *= 3.0;
@@ -112,7 +117,11 @@ TEST_CASE("calibration recovers the parameters that generated the measurements",
     REQUIRE(p.identified);
     REQUIRE(std::isfinite(p.stderr_value));
     CHECK(p.stderr_value > 0);
-    CHECK(p.stderr_value < 0.15 * p.value);
+    // The intra-node fabric and node contention are seen only through the two-rank runs, where
+    // they trade off against each other: their errors are larger.
+    const bool two_rank_only =
+        p.name.rfind("intra_node.", 0) == 0 || p.name == "device.node_contention";
+    CHECK(p.stderr_value < (two_rank_only ? 0.25 : 0.15) * p.value);
     CHECK(std::abs(p.value - reg.get(truth)) < 4.0 * p.stderr_value);
   }
   // The written profile predicts the clean runs closely.
@@ -120,6 +129,49 @@ TEST_CASE("calibration recovers the parameters that generated the measurements",
   CHECK(simulator::median_step_time_error(r.profile, clean) < 0.03);
   REQUIRE(r.profile.calibration.has_value());
   CHECK(r.profile.calibration->runs.size() == runs.size());
+}
+
+TEST_CASE("node contention is fitted only when the runs differ in busy devices per node",
+          "[calibration]") {
+  const ClusterSpec start = load_cluster("cpu-local", 1, 2);
+  ClusterSpec truth = start;
+  truth.device.node_contention = 0.8;
+  std::vector<simulator::Measurement> all = synthetic_runs(truth, 0.0), two_ranks;
+  for (const simulator::Measurement& m : all)
+    if (m.plan.cluster.devices_per_node == 2) two_ranks.push_back(m);
+  REQUIRE(two_ranks.size() < all.size());
+  simulator::FitOptions o;
+  o.parameters = {"device.gemm_efficiency", "device.attention_efficiency",
+                  "device.memory_bound_efficiency", "device.node_contention"};
+  // Runs of one and two ranks: the slowdown of two busy ranks comes back.
+  CHECK(fitted(simulator::calibrate(start, all, o), "device.node_contention").value ==
+        Approx(0.8).epsilon(1e-3));
+  // Two-rank runs alone cannot tell contention from lower efficiencies: it is left as it was.
+  const simulator::FittedParameter& kept =
+      fitted(simulator::calibrate(start, two_ranks, o), "device.node_contention");
+  CHECK_FALSE(kept.identified);
+  CHECK(kept.value == start.device.node_contention);
+}
+
+TEST_CASE("node contention slows every rank of a busy node", "[calibration]") {
+  const Plan plan = cpu_plan("mini", 2, 1, 1, 4, 32);
+  ClusterSpec contended = plan.cluster;
+  contended.device.node_contention = 1.0;  // two busy ranks: each at half its speed alone
+  simulator::Measurement m;
+  m.plan = plan;
+  const Prediction alone = simulator::predict_run(plan.cluster, m);
+  const Prediction shared = simulator::predict_run(contended, m);
+  // Compute phases take twice as long; the collectives (fitted on their own) do not change.
+  for (const std::string phase : {"attention", "experts", "lm_head", "optimizer"}) {
+    INFO(phase);
+    CHECK(phase_seconds(shared.time, phase).value() ==
+          Approx(2.0 * phase_seconds(alone.time, phase).value()).epsilon(1e-9));
+  }
+  // One rank per node is never slowed.
+  simulator::Measurement one;
+  one.plan = cpu_plan("mini", 1, 1, 1, 4, 32);
+  CHECK(simulator::predict_run(contended, one).step_time_s ==
+        simulator::predict_run(plan.cluster, one).step_time_s);
 }
 
 TEST_CASE("calibration without noise lands on the truth", "[calibration]") {

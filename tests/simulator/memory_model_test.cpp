@@ -195,19 +195,31 @@ TEST_CASE("(g) layer activations of tiny: micro-batch 1, seq 16, tp 1, fp32, no 
   //            + attention output 4*16*64 = 4,096 + softmax probabilities a*b*heads*s*s
   //            = 4*1*4*16*16 = 4,096 -> 24,640.
   CHECK(act.attention == 24'640);
-  // MoE: norm 4,160 + norm output 4,096 + router probabilities 4*T*E = 4*16*4 = 256
-  //      + top-k indices and weights 8*T*k = 8*16*2 = 256
-  //      + Tr * (permuted inputs a*h + w1/w3/SwiGLU outputs a*3*f + expert outputs a*h)
-  //      = 32 * (256 + 1,152 + 256) = 53,248 -> 62,016.
-  CHECK(act.moe == 62'016);
+  // MoE: norm 4,160 + norm output 4,096 + router probabilities 4*T*E = 4*16*4 = 256 (no z-loss:
+  //      the logits are not kept) + top-k indices and weights 8*T*k = 8*16*2 = 256
+  //      + the permuted row of each copy 8*T*k = 256 + rows per expert and offsets 8*(2E+1) = 72
+  //      + Tr * (expert inputs a*h + w1/w3/SwiGLU outputs a*3*f) = 32 * (256 + 1,152) = 45,056
+  //      + expert outputs in dispatch order a*T*k*h = 8,192 -> 62,344.
+  CHECK(act.moe == 62'344);
   // Dense FFN (unused by tiny, computed anyway): norm 4,160 + 4,096 + a*T*3*ffn = 4*16*288
   // = 18,432 -> 26,688.
   CHECK(act.dense_ffn == 26'688);
+  // Forward scratch of one layer: router logits 4*T*E = 256 + the row-to-slot map 8*T*k = 256.
+  CHECK(act.forward_scratch == 512);
+  // Backward of one MoE layer: residual-stream gradients 3*a*T*h + a*T*h = 16,384, plus the
+  // larger of the attention half's a*T*2*(q + kv) = 12,288 and the MoE half's: router 2*4*T*E
+  // = 512 + top-k weights 4*T*k = 128 + routed outputs and inputs a*2*T*k*h = 16,384 + w1/w3
+  // outputs a*2*Tr*f = 24,576 -> 41,600; 16,384 + 41,600 = 57,984.
+  CHECK(act.backward_moe == 57'984);
+  // Dense: the FFN half a*2*T*ffn = 4*2*16*96 = 12,288, as large as the attention half.
+  CHECK(act.backward_dense == 16'384 + 12'288);
 
-  // The whole model on one rank, no recompute: 2 layers of (24,640 + 62,016) = 173,312, plus on
-  // the last stage the final-norm input a*T*h = 4,096 and fp32 logits 4*T*V = 4*16*512 = 32,768.
+  // The whole model on one rank, no recompute: 2 layers of (24,640 + 62,344) = 173,968, one
+  // layer's scratch and backward gradients 512 + 57,984 = 58,496, on the last stage the final
+  // norm's input and output 2*a*T*h = 8,192, its 1/rms 4*T = 64 and fp32 logits 4*T*V = 4*16*512
+  // = 32,768, and RoPE's tables a*S*head_dim = 4*16*16 = 1,024.
   const MemoryBreakdown m = sim.memory(l, nullptr);
-  CHECK(m.activations == 173'312 + 4'096 + 32'768);
+  CHECK(m.activations == 173'968 + 58'496 + 8'192 + 64 + 32'768 + 1'024);
   // All-to-all buffers of one MoE layer: a*h*(T*k + Tr) = 4*64*(32 + 32) = 16,384.
   CHECK(m.communication_buffers == 16'384);
   CHECK(m.workspace == 0.25 * kGiB);
@@ -231,17 +243,19 @@ TEST_CASE("(f) recompute and activation offload lower device activations", "[sim
   ModelSpec deep = load_model("tiny");
   deep.num_hidden_layers = 8;
   const Simulator sim = cpu(1, deep);
-  const double per_layer = 24'640 + 62'016;  // 86,656, as in (g)
-  const double last_stage = 4'096 + 32'768;  // final-norm input and logits
+  const double per_layer = 24'640 + 62'344;       // 86,984, as in (g)
+  const double working = 512 + 57'984;            // one layer's scratch and backward gradients
+  const double last_stage = 8'192 + 64 + 32'768;  // final norm's input, output, 1/rms; logits
+  const double rope = 1'024;
   Layout none = layout(1, 1, 1);
   const MemoryBreakdown kept = sim.memory(none, nullptr);
-  CHECK(kept.activations == 8 * per_layer + last_stage);  // 693,248 + 36,864 = 730,112
+  CHECK(kept.activations == 8 * per_layer + working + last_stage + rope);
 
   SECTION("full recompute keeps only each layer's input plus one layer's working set") {
     Layout full = none;
     full.recompute = Recompute::Full;
     const MemoryBreakdown m = sim.memory(full, nullptr);
-    CHECK(m.activations == 8 * 4'096 + per_layer + last_stage);  // 32,768 + 86,656 + 36,864
+    CHECK(m.activations == 8 * 4'096 + per_layer + working + last_stage + rope);
     CHECK(m.activations < kept.activations);
   }
   SECTION("activation offload keeps two layers on the device, the rest on the host") {
@@ -249,7 +263,7 @@ TEST_CASE("(f) recompute and activation offload lower device activations", "[sim
     off.activation_offload = true;
     double host = -1;
     const MemoryBreakdown m = sim.memory(off, &host);
-    CHECK(m.activations == 2 * per_layer + last_stage);
+    CHECK(m.activations == 2 * per_layer + working + last_stage + rope);
     CHECK(m.activations < kept.activations);
     CHECK(host == 6 * per_layer);  // one device per node here
   }
@@ -267,11 +281,12 @@ TEST_CASE("(h) pp=2: stage 0 holds 2 micro-batches in flight", "[simulator][memo
   CHECK(s0.tp_split + s0.tp_replicated + s0.experts == 119'168);
   CHECK(s1.tp_split + s1.tp_replicated + s1.experts == 119'232);
   CHECK((s0.first && !s0.last && !s1.first && s1.last));
-  // 1F1B: stage 0 keeps pp - 0 = 2 micro-batches of its one layer: 2 * 86,656 = 173,312 bytes;
-  // stage 1 keeps 1 * 86,656 + 36,864 (logits) = 123,520. Stage 0 is the worst rank: its
-  // activations outweigh stage 1's 64 extra parameters (1,024 bytes of state).
+  // 1F1B: stage 0 keeps pp - 0 = 2 micro-batches of its one layer: 2 * 86,984 = 173,968 bytes;
+  // stage 1 keeps 1 * 86,984 + 40,960 (final norm and logits) = 127,944. Both add one layer's
+  // scratch and backward gradients (58,496) and RoPE's tables (1,024). Stage 0 is the worst rank:
+  // its activations outweigh stage 1's 64 extra parameters (1,024 bytes of state).
   const MemoryBreakdown m = sim.memory(l, nullptr);
-  CHECK(m.activations == 2 * (24'640 + 62'016));
+  CHECK(m.activations == 2 * (24'640 + 62'344) + 512 + 57'984 + 1'024);
   CHECK(m.parameters == 4 * 119'168.0);
 
   SECTION("never more micro-batches than the step has") {
