@@ -57,7 +57,8 @@ std::string name_of(const Case& c) {
   return buf;
 }
 
-// Two models, two sequence lengths, W = 1 and 2 with ep, hs and plain replicas, micro-batches:
+// Two models, two sequence lengths, W = 1 and 2 with ep, hs and plain replicas, micro-batches and
+// full recompute:
 // listed so that alternating runs fall into the fit and held-out halves with both models and both
 // world sizes in each.
 std::vector<Case> cases() {
@@ -69,9 +70,9 @@ std::vector<Case> cases() {
       out.push_back({model, seq, 2, 2, 1, 4, Recompute::None});
       out.push_back({model, seq, 2, 1, 2, 4, Recompute::None});
       out.push_back({model, seq, 1, 1, 1, 2, Recompute::None});
-      // Not recompute: the CPU executor accepts recompute = full but does not recompute yet.
-      out.push_back({model, seq, 1, 1, 1, 4, Recompute::None});
-      out.push_back({model, seq, 2, 1, 1, 2, Recompute::None});
+      // Full recompute, fitted on one rank and held out on two.
+      out.push_back({model, seq, 1, 1, 1, 4, Recompute::Full});
+      out.push_back({model, seq, 2, 1, 1, 2, Recompute::Full});
     }
   }
   return out;

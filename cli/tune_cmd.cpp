@@ -66,9 +66,6 @@ std::vector<planner::Candidate> runnable(const planner::SearchResult& result, co
   std::vector<std::string> seen;
   for (const planner::Candidate& c : result.ranked) {
     if (!c.fits) continue;
-    // The CPU executor trains a recompute plan without recomputing (not built yet): its
-    // measurement would be of another layout than the one ranked.
-    if (c.layout.recompute != Recompute::None) continue;
     const std::string key = layout_key(c.layout);
     if (std::find(seen.begin(), seen.end(), key) != seen.end()) continue;
     Plan plan{setup.model, setup.cluster, setup.train, c.layout, std::nullopt};

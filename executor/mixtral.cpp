@@ -81,10 +81,11 @@ int group_rank(const Communicator* c) {
 }  // namespace
 
 MixtralModel::MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::int64_t batch,
-                           std::int64_t seq_len, ModelParallel parallel)
+                           std::int64_t seq_len, ModelParallel parallel, bool recompute)
     : model_(model),
       moe_(moe),
       parallel_(parallel),
+      recompute_(recompute),
       ep_size_(group_size(parallel.ep)),
       ep_rank_(group_rank(parallel.ep)),
       local_experts_(model.num_local_experts / group_size(parallel.ep)),
@@ -114,7 +115,14 @@ MixtralModel::MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::i
   k::rope_table<float>(rope_cos_.data(), rope_sin_.data(), seq_, m.head_dim, m.rope_theta);
   ids_.resize(sz(n));
   targets_.resize(sz(n));
-  acts_.resize(sz(m.num_hidden_layers));
+  // Full recompute keeps one set of layer buffers, used by each layer in turn, and every layer's
+  // input; otherwise every layer keeps its own.
+  acts_.resize(
+      sz(recompute_ ? std::min<std::int64_t>(1, m.num_hidden_layers) : m.num_hidden_layers));
+  if (recompute_) {
+    saved_inputs_.assign(sz(m.num_hidden_layers), std::vector<float>(sz(nl * d)));
+    saved_counts_.assign(sz(m.num_hidden_layers), std::vector<std::int64_t>(sz(e)));
+  }
   for (LayerActs& a : acts_) {
     a.x_in.resize(sz(nl * d));
     a.rstd1.resize(sz(nl));
@@ -185,6 +193,14 @@ MixtralModel::MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::i
   dh3_ = carve(nk * f);
 }
 
+MixtralModel::LayerActs& MixtralModel::layer_acts(std::int64_t layer) {
+  return acts_[recompute_ ? 0 : sz(layer)];
+}
+
+float* MixtralModel::layer_input(std::int64_t layer) {
+  return recompute_ ? saved_inputs_[sz(layer)].data() : acts_[sz(layer)].x_in.data();
+}
+
 float* MixtralModel::router_logits(LayerActs& a) {
   return a.router_logits.empty() ? router_logits_.data() : a.router_logits.data();
 }
@@ -199,6 +215,93 @@ void MixtralModel::backward(const float* params, float* grads, double loss_scale
                             PhaseTimes* times) {
   FlatParameters flat(params, grads);
   backward(flat, loss_scale, times);
+}
+
+// One layer's forward: reads a.x_in, keeps what its backward needs in `a`, writes the layer's
+// output to x_out. `loss` is null when a backward recomputes the layer: the routing statistics,
+// the z-loss and the dropped slots were counted by the forward pass.
+void MixtralModel::layer_forward(std::int64_t li, LayerActs& a, float* x_out,
+                                 ParameterAccess& access, PhaseTimes* times, MicroBatchLoss* loss,
+                                 std::int64_t capacity) {
+  auto P = [&](std::int64_t offset) { return access.param(offset); };
+  const ModelSpec& m = model_;
+  const auto [n, d, nl, ql, kvl, heads, kv_heads, e, kk, f, v, vl] = dims();
+  (void)v;
+  (void)vl;
+  const LayerOffsets& o = layout_.layer(li);
+  const float* h2n = nullptr;  // the post-attention norm output, whole sequence
+  {
+    PhaseTimer t(times, "attention");
+    k::rmsnorm_forward<float>(a.h1n.data(), a.rstd1.data(), a.x_in.data(), P(o.input_norm), nl, d,
+                              m.rms_norm_eps);
+    const float* h1n = gather_sequence(a.h1n);
+    linear_forward(a.q.data(), h1n, P(o.q), n, d, ql);
+    linear_forward(a.k.data(), h1n, P(o.k), n, d, kvl);
+    linear_forward(a.v.data(), h1n, P(o.v), n, d, kvl);
+    k::rope_forward<float>(a.q.data(), a.q.data(), rope_cos_.data(), rope_sin_.data(), seq_,
+                           nullptr, 0, batch_, seq_, heads, m.head_dim);
+    k::rope_forward<float>(a.k.data(), a.k.data(), rope_cos_.data(), rope_sin_.data(), seq_,
+                           nullptr, 0, batch_, seq_, kv_heads, m.head_dim);
+    k::attention_forward<float>(a.ctx.data(), a.att.data(), a.q.data(), a.k.data(), a.v.data(),
+                                batch_, seq_, heads, kv_heads, m.head_dim, m.sliding_window);
+    // x_mid = x_in + ctx Wo^T (row-parallel: partial sums over tp, reduce-scattered)
+    if (tp_size_ == 1) {
+      linear_forward(a.x_mid.data(), a.ctx.data(), P(o.o), n, ql, d);
+    } else {
+      linear_forward(partial_.data(), a.ctx.data(), P(o.o), n, ql, d);
+      tp_scatter(partial_.data(), a.x_mid.data());
+    }
+    add_into(a.x_mid.data(), a.x_in.data(), nl * d);
+  }
+  {
+    PhaseTimer t(times, "router");
+    k::rmsnorm_forward<float>(a.h2n.data(), a.rstd2.data(), a.x_mid.data(), P(o.post_norm), nl, d,
+                              m.rms_norm_eps);
+    // Every tp rank routes the whole sequence (the same result on each).
+    h2n = gather_sequence(a.h2n);
+    float* logits = router_logits(a);
+    linear_forward(logits, h2n, P(o.gate), n, d, e);
+    if (moe_.load_balancing == LoadBalancing::Sinkhorn) {
+      k::router_sinkhorn_forward<float>(a.probs.data(), a.topk_idx.data(), a.topk_w.data(), logits,
+                                        n, e, kk, kSinkhornTol, kSinkhornMaxIters);
+    } else {
+      k::router_forward<float>(a.probs.data(), a.topk_idx.data(), a.topk_w.data(), logits, n, e, kk,
+                               m.norm_topk_prob);
+      if (loss != nullptr) {
+        k::aux_loss_accumulate<float>(aux_counts_.data(), aux_prob_sum_.data(), a.probs.data(),
+                                      a.topk_idx.data(), n, e, kk);
+      }
+    }
+    if (moe_.z_loss_coef > 0 && loss != nullptr) loss->z += k::z_loss_forward<float>(logits, n, e);
+  }
+  {
+    PhaseTimer t(times, "dispatch");
+    const std::int64_t dropped =
+        k::dispatch_plan(a.counts.data(), a.offsets.data(), a.slot_row.data(), row_slot_.data(),
+                         a.topk_idx.data(), n, e, kk, capacity);
+    if (loss != nullptr) dropped_ += dropped;
+    a.rows = a.offsets[sz(e)];
+    // One rank keeps the permuted rows as its experts' input; with ep > 1 they are only sent.
+    float* permuted = ep_size_ == 1 ? a.xp.data() : xp_send_.data();
+    k::permute_forward<float>(permuted, h2n, row_slot_.data(), a.rows, kk, d);
+  }
+  if (ep_size_ > 1) {
+    experts_forward(a, o, access, times);
+  } else {
+    PhaseTimer t(times, "experts");
+    k::swiglu_grouped_forward<float>(a.yp.data(), a.h1.data(), a.h3.data(), a.act.data(),
+                                     a.xp.data(), P(o.w1[0]), P(o.w3[0]), P(o.w2[0]),
+                                     a.counts.data(), e, d, f);
+  }
+  {
+    PhaseTimer t(times, "combine");
+    // The experts' w2 is row-parallel: each tp rank holds a partial sum of every output.
+    float* combined = tp_size_ == 1 ? x_out : partial_.data();
+    k::unpermute_combine_forward<float>(combined, a.yp.data(), a.topk_w.data(), a.slot_row.data(),
+                                        n, kk, d);
+    if (tp_size_ > 1) tp_scatter(partial_.data(), x_out);
+    add_into(x_out, a.x_mid.data(), nl * d);
+  }
 }
 
 MicroBatchLoss MixtralModel::forward(ParameterAccess& access, const std::int32_t* ids,
@@ -225,7 +328,7 @@ MicroBatchLoss MixtralModel::forward(ParameterAccess& access, const std::int32_t
   access.acquire(0, false);
   {
     PhaseTimer t(times, "lm_head");
-    float* x0 = acts_.empty() ? x_final_.data() : acts_[0].x_in.data();
+    float* x0 = m.num_hidden_layers == 0 ? x_final_.data() : layer_input(0);
     if (tp_size_ == 1) {
       k::embedding_forward<float>(x0, P(layout_.embedding()), ids_.data(), n, v, d);
     } else {
@@ -246,79 +349,13 @@ MicroBatchLoss MixtralModel::forward(ParameterAccess& access, const std::int32_t
   }
   access.release(0, false);
   for (std::int64_t li = 0; li < m.num_hidden_layers; ++li) {
-    LayerActs& a = acts_[sz(li)];
-    const LayerOffsets& o = layout_.layer(li);
-    const float* h2n = nullptr;  // the post-attention norm output, whole sequence
     access.acquire(1 + li, false);
-    {
-      PhaseTimer t(times, "attention");
-      k::rmsnorm_forward<float>(a.h1n.data(), a.rstd1.data(), a.x_in.data(), P(o.input_norm), nl, d,
-                                m.rms_norm_eps);
-      const float* h1n = gather_sequence(a.h1n);
-      linear_forward(a.q.data(), h1n, P(o.q), n, d, ql);
-      linear_forward(a.k.data(), h1n, P(o.k), n, d, kvl);
-      linear_forward(a.v.data(), h1n, P(o.v), n, d, kvl);
-      k::rope_forward<float>(a.q.data(), a.q.data(), rope_cos_.data(), rope_sin_.data(), seq_,
-                             nullptr, 0, batch_, seq_, heads, m.head_dim);
-      k::rope_forward<float>(a.k.data(), a.k.data(), rope_cos_.data(), rope_sin_.data(), seq_,
-                             nullptr, 0, batch_, seq_, kv_heads, m.head_dim);
-      k::attention_forward<float>(a.ctx.data(), a.att.data(), a.q.data(), a.k.data(), a.v.data(),
-                                  batch_, seq_, heads, kv_heads, m.head_dim, m.sliding_window);
-      // x_mid = x_in + ctx Wo^T (row-parallel: partial sums over tp, reduce-scattered)
-      if (tp_size_ == 1) {
-        linear_forward(a.x_mid.data(), a.ctx.data(), P(o.o), n, ql, d);
-      } else {
-        linear_forward(partial_.data(), a.ctx.data(), P(o.o), n, ql, d);
-        tp_scatter(partial_.data(), a.x_mid.data());
-      }
-      add_into(a.x_mid.data(), a.x_in.data(), nl * d);
-    }
-    {
-      PhaseTimer t(times, "router");
-      k::rmsnorm_forward<float>(a.h2n.data(), a.rstd2.data(), a.x_mid.data(), P(o.post_norm), nl, d,
-                                m.rms_norm_eps);
-      // Every tp rank routes the whole sequence (the same result on each).
-      h2n = gather_sequence(a.h2n);
-      float* logits = router_logits(a);
-      linear_forward(logits, h2n, P(o.gate), n, d, e);
-      if (moe_.load_balancing == LoadBalancing::Sinkhorn) {
-        k::router_sinkhorn_forward<float>(a.probs.data(), a.topk_idx.data(), a.topk_w.data(),
-                                          logits, n, e, kk, kSinkhornTol, kSinkhornMaxIters);
-      } else {
-        k::router_forward<float>(a.probs.data(), a.topk_idx.data(), a.topk_w.data(), logits, n, e,
-                                 kk, m.norm_topk_prob);
-        k::aux_loss_accumulate<float>(aux_counts_.data(), aux_prob_sum_.data(), a.probs.data(),
-                                      a.topk_idx.data(), n, e, kk);
-      }
-      if (moe_.z_loss_coef > 0) loss.z += k::z_loss_forward<float>(logits, n, e);
-    }
-    {
-      PhaseTimer t(times, "dispatch");
-      dropped_ += k::dispatch_plan(a.counts.data(), a.offsets.data(), a.slot_row.data(),
-                                   row_slot_.data(), a.topk_idx.data(), n, e, kk, capacity);
-      a.rows = a.offsets[sz(e)];
-      // One rank keeps the permuted rows as its experts' input; with ep > 1 they are only sent.
-      float* permuted = ep_size_ == 1 ? a.xp.data() : xp_send_.data();
-      k::permute_forward<float>(permuted, h2n, row_slot_.data(), a.rows, kk, d);
-    }
-    if (ep_size_ > 1) {
-      experts_forward(a, o, access, times);
-    } else {
-      PhaseTimer t(times, "experts");
-      k::swiglu_grouped_forward<float>(a.yp.data(), a.h1.data(), a.h3.data(), a.act.data(),
-                                       a.xp.data(), P(o.w1[0]), P(o.w3[0]), P(o.w2[0]),
-                                       a.counts.data(), e, d, f);
-    }
-    float* x_out = li + 1 < m.num_hidden_layers ? acts_[sz(li + 1)].x_in.data() : x_final_.data();
-    {
-      PhaseTimer t(times, "combine");
-      // The experts' w2 is row-parallel: each tp rank holds a partial sum of every output.
-      float* combined = tp_size_ == 1 ? x_out : partial_.data();
-      k::unpermute_combine_forward<float>(combined, a.yp.data(), a.topk_w.data(), a.slot_row.data(),
-                                          n, kk, d);
-      if (tp_size_ > 1) tp_scatter(partial_.data(), x_out);
-      add_into(x_out, a.x_mid.data(), nl * d);
-    }
+    LayerActs& a = layer_acts(li);
+    if (recompute_)
+      std::copy(saved_inputs_[sz(li)].begin(), saved_inputs_[sz(li)].end(), a.x_in.begin());
+    float* x_out = li + 1 < m.num_hidden_layers ? layer_input(li + 1) : x_final_.data();
+    layer_forward(li, a, x_out, access, times, &loss, capacity);
+    if (recompute_) saved_counts_[sz(li)] = a.counts;
     access.release(1 + li, false);
   }
   access.acquire(head_group, false);
@@ -380,10 +417,22 @@ void MixtralModel::backward(ParameterAccess& access, double loss_scale, PhaseTim
                                P(layout_.final_norm()), rstd_f_.data(), nl, d);
   }
   access.release(head_group, true);
+  const std::int64_t capacity =
+      moe_.capacity_factor > 0 ? k::expert_capacity(n, e, kk, moe_.capacity_factor) : 0;
   for (std::int64_t li = m.num_hidden_layers - 1; li >= 0; --li) {
-    LayerActs& a = acts_[sz(li)];
+    LayerActs& a = layer_acts(li);
     const LayerOffsets& o = layout_.layer(li);
     access.acquire(1 + li, true);
+    if (recompute_) {
+      // Full recompute: the layer's forward again from its saved input, into the one set of
+      // layer buffers; its output is not needed (dtmp_ is free until the norm backward below).
+      std::copy(saved_inputs_[sz(li)].begin(), saved_inputs_[sz(li)].end(), a.x_in.begin());
+      PhaseTimes redo;
+      layer_forward(li, a, dtmp_.data(), access, times != nullptr ? &redo : nullptr, nullptr,
+                    capacity);
+      for (const auto& [phase, seconds] : redo)
+        (*times)["recompute"] += seconds;
+    }
     // dx_ holds d/d(layer output) for this rank's chunk; the residual passes it to x_mid.
     std::copy(dx_.begin(), dx_.end(), dx_mid_.begin());
     const float* dy = dx_.data();  // d/d(combined expert output), whole sequence
@@ -633,6 +682,7 @@ MixtralModel::Dims MixtralModel::dims() const {
 }
 
 std::vector<std::vector<std::int64_t>> MixtralModel::tokens_per_expert() const {
+  if (recompute_) return saved_counts_;
   std::vector<std::vector<std::int64_t>> out;
   for (const LayerActs& a : acts_)
     out.push_back(a.counts);
@@ -656,6 +706,11 @@ std::int64_t MixtralModel::activation_bytes() const {
   // staging (norm_local_, gathered_, partial_): communication buffers, which the simulator counts
   // as such.
   others += static_cast<std::int64_t>(row_slot_.size() * 8 + lse_.size() * 8);
+  // Full recompute: every layer's input, and its expert counts for the statistics.
+  for (const auto& x : saved_inputs_)
+    f(x);
+  for (const auto& c : saved_counts_)
+    others += static_cast<std::int64_t>(c.size() * 8);
   for (const auto* x : {&router_logits_, &x_final_, &rstd_f_, &hf_, &logits_, &dx_, &dx_mid_,
                         &dtmp_, &dh_, &backward_arena_, &rope_cos_, &rope_sin_}) {
     f(*x);

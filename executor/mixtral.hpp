@@ -79,8 +79,10 @@ class FlatParameters final : public ParameterAccess {
 
 class MixtralModel {
  public:
+  // `recompute`: full activation recompute — forward keeps only each layer's input, and backward
+  // runs each layer's forward again before its backward (the same numbers, less memory).
   MixtralModel(const ModelSpec& model, const MoeOptions& moe, std::int64_t batch,
-               std::int64_t seq_len, ModelParallel parallel = {});
+               std::int64_t seq_len, ModelParallel parallel = {}, bool recompute = false);
   // The backward scratch pointers point into the model's own arena.
   MixtralModel(const MixtralModel&) = delete;
   MixtralModel& operator=(const MixtralModel&) = delete;
@@ -134,12 +136,18 @@ class MixtralModel {
   // send the outputs back. `in` [rows, D] in dispatch order (expert-major over all experts).
   void experts_forward(LayerActs& a, const LayerOffsets& o, ParameterAccess& access,
                        PhaseTimes* times);
+  void layer_forward(std::int64_t layer, LayerActs& a, float* x_out, ParameterAccess& access,
+                     PhaseTimes* times, MicroBatchLoss* loss, std::int64_t capacity);
+  // Layer l's buffers (the one shared set under recompute) and where its input lives.
+  LayerActs& layer_acts(std::int64_t layer);
+  float* layer_input(std::int64_t layer);
   void experts_backward(LayerActs& a, const LayerOffsets& o, ParameterAccess& access,
                         PhaseTimes* times);
 
   ModelSpec model_;
   MoeOptions moe_;
   ModelParallel parallel_;
+  bool recompute_ = false;
   std::int64_t ep_size_ = 1, ep_rank_ = 0, local_experts_ = 0, dp_size_ = 1;
   std::int64_t tp_size_ = 1, tp_rank_ = 0;
 
@@ -164,6 +172,9 @@ class MixtralModel {
   std::vector<float> rope_cos_, rope_sin_;
   std::vector<std::int32_t> ids_, targets_;
   std::vector<LayerActs> acts_;
+  // Full recompute: each layer's input [N/tp, D] and its tokens per expert from the forward.
+  std::vector<std::vector<float>> saved_inputs_;
+  std::vector<std::vector<std::int64_t>> saved_counts_;
   std::vector<float> x_final_, rstd_f_, hf_, logits_;
   // Statistics of the load-balancing loss over all layers of the last forward.
   std::vector<std::int64_t> aux_counts_;

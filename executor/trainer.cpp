@@ -63,12 +63,6 @@ void check_runnable_on_cpu(const Plan& plan, std::int64_t ranks) {
                      to_string(plan.train.precision) +
                      "; the CPU backend trains fp32 plans for a cpu cluster such as cpu-local");
   }
-  if (l.recompute != Recompute::None) {
-    throw InputError(
-        "the CPU executor keeps every activation and does not recompute them yet; this plan has "
-        "recompute=" +
-        to_string(l.recompute) + ": plan again with --recompute none");
-  }
   if (plan.train.moe.force_balanced) {
     throw InputError(
         "this plan forces balanced routing, a benchmark setting only the simulator models; the "
@@ -111,7 +105,8 @@ Trainer::Trainer(const Plan& plan, const TrainOptions& options, ProcessGroups* g
   if (groups_ != nullptr && plan_.layout.ep > 1) parallel.ep = &(*groups_)[Group::Ep];
   if (dp_size_ > 1) parallel.dp = &(*groups_)[Group::DataParallel];
   model_ = std::make_unique<MixtralModel>(plan_.model, plan_.train.moe, plan_.layout.micro_batch,
-                                          plan_.train.seq_len, parallel);
+                                          plan_.train.seq_len, parallel,
+                                          plan_.layout.recompute == Recompute::Full);
   const auto n = static_cast<std::size_t>(model_->layout().numel());
   params_.assign(n, 0.0f);
   grads_.assign(n, 0.0f);

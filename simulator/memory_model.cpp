@@ -299,8 +299,11 @@ MemoryBreakdown Simulator::memory(const Layout& l, double* host_bytes_per_node,
       stage_saved = moe_layers * full_moe + dense_layers * full_dense;
       per_layer_saved = sp.moe_layers > 0 ? full_moe : full_dense;
     } else {
-      stage_saved = layers * act.input;
-      per_layer_saved = act.input;
+      // Each layer's input, and each MoE layer's tokens per expert (the routing statistics the
+      // step reports; the routing itself is recomputed).
+      const double counts = 8.0 * static_cast<double>(m.num_local_experts);
+      stage_saved = layers * act.input + moe_layers * counts;
+      per_layer_saved = act.input + (sp.moe_layers > 0 ? counts : 0.0);
       working_set += sp.moe_layers > 0 ? full_moe : full_dense;
     }
     double saved = in_flight * stage_saved;

@@ -49,14 +49,6 @@ TEST_CASE("cli: train refuses bad plans and data with one line", "[cli][train][e
     check_one_error_line(run_moetune({"train", "--plan", plan, "--metrics", metrics}), "pp = 1");
     CHECK(test::read_text(metrics) == "keep me\n");  // nothing overwritten
   }
-  SECTION("a plan that recomputes activations, which the CPU executor does not do") {
-    const std::string plan = (dir / "plan.json").string();
-    REQUIRE(run_moetune({"plan", "--model", "tiny", "--cluster", "cpu-local", "--nodes", "1",
-                         "--devices-per-node", "1", "--seq", "16", "--global-batch", "8",
-                         "--recompute", "full", "--out", plan})
-                .status == 0);
-    check_one_error_line(run_moetune({"train", "--plan", plan, "--steps", "1"}), "recompute");
-  }
   SECTION("a plan with forced balanced routing, which only the simulator models") {
     const std::string plan = (dir / "plan.json").string();
     REQUIRE(run_moetune({"plan", "--model", "tiny", "--cluster", "cpu-local", "--nodes", "1",

@@ -119,7 +119,7 @@ TEST_CASE("every tp x ep x hs x rep layout gives the single-rank run", "[mpi]") 
   // Two micro-batches of 4 sequences per step in every layout: the single-rank reference runs
   // micro-batches of 4, and a layout with data-parallel width dp gives each rank 4 / dp.
   const Run reference = train(tiny_plan(1, 4), nullptr);
-  int layouts = 0, distributed = 0;
+  int layouts = 0, distributed = 0, recomputes = 0;
   for (std::int64_t tp = 1; tp <= 2; ++tp) {
     for (std::int64_t ep = 1; ep * tp <= w; ep *= 2) {
       for (std::int64_t hs = 1; tp * ep * hs <= w; hs *= 2) {
@@ -130,7 +130,9 @@ TEST_CASE("every tp x ep x hs x rep layout gives the single-rank run", "[mpi]") 
         plan.layout.ep = ep;
         plan.layout.hs = hs;
         plan.layout.rep = w / (tp * ep * hs);
-        // Plain replicas, and the distributed optimizer wherever there are replicas.
+        // Plain replicas, and the distributed optimizer wherever there are replicas; and in the
+        // first order, full activation recompute (its forward again, with its collectives, in
+        // the backward).
         std::vector<Layout> variants;
         for (const MeshOrder& order : orders_of(plan.layout)) {
           Layout l = plan.layout;
@@ -141,11 +143,18 @@ TEST_CASE("every tp x ep x hs x rep layout gives the single-rank run", "[mpi]") 
             variants.push_back(l);
           }
         }
+        Layout recomputed = variants.front();
+        recomputed.recompute = Recompute::Full;
+        variants.push_back(recomputed);
         for (const Layout& variant : variants) {
           plan.layout = variant;
           ProcessGroups groups = make_mpi_groups(plan.layout, w);
           const Run run = train(plan, &groups);
-          ++(variant.distributed_optimizer ? distributed : layouts);
+          if (variant.recompute == Recompute::Full) {
+            ++recomputes;
+          } else {
+            ++(variant.distributed_optimizer ? distributed : layouts);
+          }
           INFO(describe(plan.layout));
           // Same tokens, same model; only the fp32 summation order differs (gradients summed over
           // ranks, routing statistics all-reduced): 1e-5 relative on the losses. Weights within
@@ -178,6 +187,7 @@ TEST_CASE("every tp x ep x hs x rep layout gives the single-rank run", "[mpi]") 
   // ep x rep > 1 run again with the distributed optimizer: 2 at W = 2; 8 + 2 at W = 4.
   CHECK(layouts == (w == 2 ? 4 : 12));
   CHECK(distributed == (w == 2 ? 2 : 10));
+  CHECK(recomputes == (w == 2 ? 4 : 9));  // one per set of degrees
 }
 
 TEST_CASE("sharded checkpoints resume bit-identically on every rank", "[mpi][checkpoint]") {
