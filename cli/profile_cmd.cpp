@@ -28,6 +28,9 @@
 #ifdef MOETUNE_HAVE_MPI
 #include "executor/comm/mpi_communicator.hpp"
 #endif
+#ifdef MOETUNE_HAVE_CUDA
+#include "executor/cuda/device_profile.hpp"
+#endif
 
 namespace moetune::cli {
 
@@ -359,6 +362,85 @@ void fit_intra_node(ClusterSpec& cluster, const std::vector<CollectivePoint>& po
   cluster.intra_node.bandwidth_GBps = 1.0 / inv_bw;
 }
 
+// --backend cuda: one GPU measured with the CUDA backend's kernels into the base GPU cluster's
+// device profile. Collectives need several GPUs (NCCL) and keep the base profile's figures.
+void run_cuda(const ProfileOptions& o) {
+#ifndef MOETUNE_HAVE_CUDA
+  (void)o;
+  throw InputError(
+      "--backend cuda: this moetune was built without the CUDA backend (configure with "
+      "-DMOETUNE_CUDA=ON where the CUDA toolkit is installed)");
+#else
+  ClusterSpec cluster = load_cluster(o.base, std::nullopt, std::nullopt);
+  if (cluster.device.kind != DeviceKind::Gpu) {
+    throw InputError(
+        "--backend cuda needs --base a GPU cluster (e.g. p5.48xlarge or dgx-h100) "
+        "whose device profile the measurements replace; " +
+        o.base + " is a CPU cluster");
+  }
+  HardwareProfile& d = cluster.device;
+  const executor::gpu::DeviceRates r = executor::gpu::measure_device(0);
+  const std::string where = "[V] measured by `moetune profile --backend cuda` on " + r.name + " (" +
+                            host_name() + ") on " + utc_date();
+  std::printf("profiling GPU 0: %s, %.0f GiB (profile device %s, %.0f GiB)\n", r.name.c_str(),
+              r.memory_GiB, d.name.c_str(), d.memory_GiB);
+  const double peak = d.peak_flops(Precision::Bf16);
+  std::printf("\nbf16 GEMM (cuBLASLt), fraction of %.0f TFLOP/s peak:\n", peak / 1e12);
+  std::string curve;
+  double large = 0;
+  for (const executor::gpu::GemmRate& g : r.gemm) {
+    std::printf("  %5lld x %5lld x %5lld  %7.1f TFLOP/s  %.2f\n", static_cast<long long>(g.m),
+                static_cast<long long>(g.n), static_cast<long long>(g.k), g.flops_per_s / 1e12,
+                g.flops_per_s / peak);
+    curve += fmt("%.0f:", static_cast<double>(g.m)) + fmt("%.2f ", g.flops_per_s / peak);
+    if (g.m >= 2048) large = std::max(large, g.flops_per_s);
+  }
+  std::printf("  grouped 8 x (%lld x %lld x %lld)  %7.1f TFLOP/s  %.2f\n",
+              static_cast<long long>(r.grouped.m), static_cast<long long>(r.grouped.n),
+              static_cast<long long>(r.grouped.k), r.grouped.flops_per_s / 1e12,
+              r.grouped.flops_per_s / peak);
+  d.gemm_efficiency = std::clamp(large / peak, 1e-3, 1.0);
+  d.sources["gemm_efficiency"] =
+      where + ": best bf16 GEMM from 2048^3 up over the bf16 peak; by size (n:eff) " + curve +
+      fmt("; grouped expert GEMM %.2f", r.grouped.flops_per_s / peak);
+  const double bandwidth = d.memory_bandwidth_GBps * 1e9;
+  d.memory_bound_efficiency = std::clamp(r.rmsnorm_bytes_per_s / bandwidth, 1e-3, 1.0);
+  d.sources["memory_bound_efficiency"] =
+      where + fmt(": RMSNorm forward [65536 x 4096] bf16 moves %.0f GB/s over the %.0f GB/s of "
+                  "the profile (a 1 GiB device copy: %.0f GB/s)",
+                  r.rmsnorm_bytes_per_s / 1e9, d.memory_bandwidth_GBps, r.copy_bytes_per_s / 1e9);
+  d.optimizer_efficiency = std::clamp(r.optimizer_bytes_per_s / bandwidth, 1e-3, 1.0);
+  d.sources["optimizer_efficiency"] =
+      where +
+      fmt(": AdamW over 64 Mi fp32 parameters moves %.0f GB/s", r.optimizer_bytes_per_s / 1e9);
+  d.attention_efficiency = std::clamp(r.attention_flops_per_s / peak, 1e-3, 1.0);
+  d.sources["attention_efficiency"] =
+      where + fmt(": causal attention forward (seq 4096, 32 heads of 128, batched cuBLAS) at %.0f "
+                  "TFLOP/s",
+                  r.attention_flops_per_s / 1e12);
+  d.kernel_overhead_us = r.kernel_overhead_s * 1e6;
+  d.sources["kernel_overhead_us"] =
+      where + ": 2000 one-row RMSNorms launched back to back, per launch";
+  std::printf("\nmemory: device copy %.0f GB/s; RMSNorm %.0f GB/s (efficiency %.2f of %.0f)\n",
+              r.copy_bytes_per_s / 1e9, r.rmsnorm_bytes_per_s / 1e9, d.memory_bound_efficiency,
+              d.memory_bandwidth_GBps);
+  std::printf("optimizer: %.0f GB/s (efficiency %.2f)\n", r.optimizer_bytes_per_s / 1e9,
+              d.optimizer_efficiency);
+  std::printf("attention forward: %.0f TFLOP/s (efficiency %.2f)\n", r.attention_flops_per_s / 1e12,
+              d.attention_efficiency);
+  std::printf("kernel overhead: %.2f us per launch\n", d.kernel_overhead_us);
+  std::printf(
+      "collectives: not measured (NCCL timings need several GPUs); the base profile's intra- and "
+      "inter-node figures are kept\n");
+  cluster.calibration.reset();
+  if (!o.out.empty()) {
+    write_file_atomically(o.out, to_json(cluster).dump(2) + "\n");
+    std::printf("\nwrote %s (use it with --cluster %s, or as calibrate --base)\n", o.out.c_str(),
+                o.out.c_str());
+  }
+#endif
+}
+
 void run(const ProfileOptions& o) {
 #ifdef MOETUNE_HAVE_MPI
   if (!o.collectives_worker.empty()) {
@@ -367,10 +449,8 @@ void run(const ProfileOptions& o) {
   }
 #endif
   if (o.backend == "cuda") {
-    throw InputError(
-        "--backend cuda is not built yet: the CUDA backend's micro-benchmarks (cuBLAS GEMM, "
-        "NCCL collectives) are not wired into profile; profile the CPU with --backend cpu, or "
-        "calibrate a GPU cluster profile from its run.jsonl files");
+    run_cuda(o);
+    return;
   }
   ClusterSpec cluster = load_cluster(o.base, std::nullopt, std::nullopt);
   if (cluster.device.kind != DeviceKind::Cpu) {

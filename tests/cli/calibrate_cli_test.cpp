@@ -44,7 +44,10 @@ TEST_CASE("cli: calibrate refuses a foreign or corrupted run log", "[cli][calibr
   check_one_error_line(run_moetune({"calibrate", "--runs", plan}), "run log");
   const auto broken = dir.write("broken.jsonl", "{\"type\": \"header\", \"schema_version\": 1}\n");
   check_one_error_line(run_moetune({"calibrate", "--runs", broken.string()}), "broken.jsonl:1");
-  check_one_error_line(run_moetune({"profile", "--backend", "cuda"}), "CUDA");
+  // The GPU profile replaces a GPU cluster's device figures: a CPU base is refused (anywhere,
+  // with or without a GPU).
+  check_one_error_line(run_moetune({"profile", "--backend", "cuda", "--base", "cpu-local"}),
+                       "needs --base a GPU cluster");
 }
 
 const std::vector<std::string> kTune = {
