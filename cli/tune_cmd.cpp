@@ -47,8 +47,7 @@ struct Trial {
   fs::path dir;
   double predicted_initial_s = 0;  // on the starting profile
   double predicted_at_run_s = 0;   // on the profile of the round that chose it
-  double predicted_memory_bytes = 0;
-  std::int64_t initial_rank = 0;  // 1-based on the starting profile
+  std::int64_t initial_rank = 0;   // 1-based on the starting profile
   std::optional<simulator::Measurement> measured;
   std::string failure;  // why it has no measurement
 };
@@ -183,7 +182,6 @@ void run(const TuneOptions& o) {
       fs::create_directories(t.dir);
       const Plan plan = planner::make_plan(setup.model, profile, setup.train, t.layout);
       t.predicted_at_run_s = plan.prediction->step_time_s;
-      t.predicted_memory_bytes = plan.prediction->peak_memory_bytes;
       t.predicted_initial_s = simulator::Simulator(setup.model, initial_profile, setup.train)
                                   .predict(t.layout)
                                   .step_time_s;
@@ -281,9 +279,9 @@ void run(const TuneOptions& o) {
     row["predicted_initial_step_time_s"] = t.predicted_initial_s;
     row["predicted_at_run_step_time_s"] = t.predicted_at_run_s;
     row["predicted_final_step_time_s"] = fp.step_time_s;
-    // The executor counts what it allocates (model state, activations, buffers), not the runtime
-    // reserve and allocator slack the simulator adds on top: compare like with like.
-    const double tracked = fp.peak_memory_bytes - fp.memory.workspace - fp.memory.fragmentation;
+    // The executor counts what it allocates (model state, activations), not the communication
+    // staging, runtime reserve and allocator slack the simulator adds on top: like with like.
+    const double tracked = fp.memory.tracked();
     row["predicted_peak_memory_bytes"] = fp.peak_memory_bytes;
     row["predicted_tracked_memory_bytes"] = tracked;
     char meas_ms[32] = "-", meas_mib[32] = "-";

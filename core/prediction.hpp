@@ -25,6 +25,12 @@ struct MemoryBreakdown {
     return parameters + gradients + optimizer + gathered_parameters + activations +
            communication_buffers + workspace + fragmentation;
   }
+  // What an executor counts as it allocates (run.jsonl's peak_memory_bytes): model state, gathered
+  // layers and activations, without communication staging, the runtime reserve and allocator
+  // slack.
+  double tracked() const {
+    return parameters + gradients + optimizer + gathered_parameters + activations;
+  }
   bool operator==(const MemoryBreakdown&) const = default;
 };
 

@@ -72,7 +72,7 @@ SetupPanel::SetupPanel(QWidget* parent)
       recompute_(choice_combo(this, {"search", "none", "full"})),
       optimizer_offload_(choice_combo(this, {"search", "off", "on"})),
       activation_offload_(new QCheckBox(tr("offload activations"), this)),
-      distributed_optimizer_(new QCheckBox(tr("distributed optimizer over replicas"), this)),
+      distributed_optimizer_(new QCheckBox(tr("distributed optimizer"), this)),
       load_balancing_(choice_combo(this, {"aux_loss", "sinkhorn", "none"})),
       capacity_factor_(new QDoubleSpinBox(this)),
       dispatcher_(choice_combo(this, {"alltoall", "allgather"})),
