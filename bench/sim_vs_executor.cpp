@@ -15,8 +15,6 @@
 // Other processes on the machine slow the ranks down by however much they happen to run: the
 // bench measures, per run, the CPU time the machine spent outside the run (/proc/stat minus the
 // run's own, from getrusage) and prints it beside each run as "other" (cores).
-#include <sys/resource.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -29,6 +27,7 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "core/host_load.hpp"
 #include "core/presets.hpp"
 #include "planner/planner.hpp"
 #include "simulator/calibration.hpp"
@@ -76,43 +75,6 @@ std::vector<Case> cases() {
     }
   }
   return out;
-}
-
-// A run counts as undisturbed when other processes kept fewer cores than this busy on average.
-constexpr double kQuietCores = 0.2;
-
-// CPU seconds the whole machine spent busy (steal included: another guest held the core), and
-// those of this process's waited-for descendants, at one instant.
-struct CpuSample {
-  double machine_busy_s = 0;
-  double children_s = 0;
-  std::chrono::steady_clock::time_point at;
-};
-
-CpuSample cpu_sample() {
-  CpuSample s;
-  s.at = std::chrono::steady_clock::now();
-  std::ifstream stat("/proc/stat");
-  std::string cpu;
-  double user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
-  stat >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal;
-  const double tick = static_cast<double>(::sysconf(_SC_CLK_TCK));
-  s.machine_busy_s = (user + nice + system + irq + softirq + steal) / tick;
-  rusage r{};
-  ::getrusage(RUSAGE_CHILDREN, &r);
-  auto seconds = [](const timeval& t) {
-    return static_cast<double>(t.tv_sec) + 1e-6 * static_cast<double>(t.tv_usec);
-  };
-  s.children_s = seconds(r.ru_utime) + seconds(r.ru_stime);
-  return s;
-}
-
-// Mean number of cores that processes other than the run kept busy between two samples.
-double other_cores(const CpuSample& before, const CpuSample& after) {
-  const double wall = std::chrono::duration<double>(after.at - before.at).count();
-  const double other =
-      (after.machine_busy_s - before.machine_busy_s) - (after.children_s - before.children_s);
-  return wall > 0 ? std::max(0.0, other / wall) : 0.0;
 }
 
 double rel(double predicted, double measured) {

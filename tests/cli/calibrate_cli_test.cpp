@@ -87,6 +87,11 @@ TEST_CASE("cli: tune measures, calibrates, re-ranks and picks a measured winner"
   REQUIRE(report["trials"].size() >= 2);
   for (const auto& t : report["trials"]) {
     CHECK(t["measured_step_time_s"].get<double>() > 0);
+    // Each trial says how busy other processes kept the machine during the run it counts, and
+    // how many runs it took (a disturbed run is repeated up to --attempts, default 2).
+    CHECK(t["other_cores_busy"].get<double>() >= 0);
+    CHECK(t["runs"].get<std::int64_t>() >= 1);
+    CHECK(t["runs"].get<std::int64_t>() <= 2);
   }
   CHECK(report.contains("kendall_tau_final"));
   const Plan plan = read_plan_file(dir / "plan.json");
