@@ -187,13 +187,7 @@ int main(int argc, char** argv) try {
   executor::gpu::GpuTrainer trainer(plan, options);
   std::unique_ptr<RunLogWriter> log;
   if (!metrics.empty()) {
-    char host[256] = {};
-    ::gethostname(host, sizeof host - 1);
-    char started[32] = {};
-    const std::time_t now = std::time(nullptr);
-    std::strftime(started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-    const RunHeader header{plan, host, "cuda", 0, 1, 1, started};
-    log = std::make_unique<RunLogWriter>(metrics, header, false);
+    log = std::make_unique<RunLogWriter>(metrics, run_header_here(plan, "cuda", 0, 1, 1), false);
   }
   std::vector<double> step_s;
   std::map<std::string, double> phases;

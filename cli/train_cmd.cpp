@@ -9,9 +9,13 @@
 #include "cli/commands.hpp"
 #include "cli/common.hpp"
 #include "core/error.hpp"
+#include "executor/batches.hpp"
 #include "executor/trainer.hpp"
 #ifdef MOETUNE_HAVE_MPI
 #include "executor/comm/mpi_communicator.hpp"
+#endif
+#ifdef MOETUNE_HAVE_CUDA
+#include "executor/cuda/gpu_trainer.hpp"
 #endif
 
 namespace moetune::cli {
@@ -27,6 +31,7 @@ struct TrainCmdOptions {
   std::int64_t checkpoint_every = 0;
   bool resume = false;
   bool quiet = false;
+  std::string backend;  // cpu or cuda; empty: cuda for a GPU plan, else cpu
 };
 
 std::string clock_text(double seconds) {
@@ -75,7 +80,10 @@ Plan plan_from_file(const TrainCmdOptions& o, const CLI::App& cmd) {
                            "--micro-batch",
                            "--recompute",
                            "--optimizer-offload",
-                           "--activation-offload"}) {
+                           "--activation-offload",
+                           "--distributed-optimizer",
+                           "--first-stage-layers",
+                           "--last-stage-layers"}) {
     if (cmd.count(flag) > 0) {
       throw InputError(std::string("train --plan takes the model, cluster, batch and layout from "
                                    "the plan; leave out ") +
@@ -87,11 +95,100 @@ Plan plan_from_file(const TrainCmdOptions& o, const CLI::App& cmd) {
   return plan;
 }
 
+// The progress line while training and the summary line after it, for either backend.
+class Progress {
+ public:
+  Progress(const TrainCmdOptions& o, std::int64_t first_step, bool show)
+      : steps_(o.steps), first_step_(first_step), show_(show) {}
+
+  void on_step(const StepRecord& r) {
+    if (first_loss_ < 0) first_loss_ = r.loss;
+    last_loss_ = r.loss;
+    elapsed_ += r.step_time_s;
+    rates_.push_back(r.tokens_per_s);
+    if (show_) {
+      const double per_step = elapsed_ / static_cast<double>(r.step - first_step_);
+      std::fprintf(stderr, "\rstep %lld/%lld  loss %.4f  aux %.3f  %.0f tokens/s  ETA %s   ",
+                   static_cast<long long>(r.step), static_cast<long long>(steps_), r.loss,
+                   r.aux_loss, r.tokens_per_s,
+                   clock_text(per_step * static_cast<double>(steps_ - r.step)).c_str());
+    }
+  }
+
+  void summary(const Plan& plan, std::int64_t last_step, const char* where) {
+    if (show_) std::fprintf(stderr, "\n");
+    if (rates_.empty()) {
+      std::printf("nothing to do: the checkpoint is already at step %lld of %lld\n",
+                  static_cast<long long>(last_step), static_cast<long long>(steps_));
+      return;
+    }
+    std::sort(rates_.begin(), rates_.end());
+    std::printf(
+        "trained %s (%s, %s) for steps %lld-%lld: loss %.4f -> %.4f, median %.0f tokens/s\n",
+        plan.model.name.c_str(), describe(plan.layout).c_str(), where,
+        static_cast<long long>(first_step_ + 1), static_cast<long long>(last_step), first_loss_,
+        last_loss_, rates_[rates_.size() / 2]);
+  }
+
+ private:
+  std::int64_t steps_, first_step_;
+  bool show_;
+  double first_loss_ = -1, last_loss_ = 0, elapsed_ = 0;
+  std::vector<double> rates_;
+};
+
+// The CUDA backend: one GPU, the same data and run.jsonl as the CPU backend.
+void run_cuda(const TrainCmdOptions& o, const Plan& plan) {
+#ifndef MOETUNE_HAVE_CUDA
+  (void)o;
+  (void)plan;
+  throw InputError(
+      "--backend cuda: this moetune was built without the CUDA backend (configure with "
+      "-DMOETUNE_CUDA=ON where the CUDA toolkit is installed)");
+#else
+  for (const auto& [flag, set] :
+       {std::pair<const char*, bool>{"--checkpoint-dir", !o.checkpoint_dir.empty()},
+        {"--resume", o.resume},
+        {"--init-from", !o.init_from.empty()},
+        {"--export-hf", !o.export_hf.empty()}}) {
+    if (set) {
+      throw InputError(std::string(flag) +
+                       " is not supported on the CUDA backend yet (train on the CPU backend)");
+    }
+  }
+  executor::gpu::check_runnable_on_gpu(plan);
+  const executor::TokenBatches batches(o.data, static_cast<std::uint64_t>(plan.model.vocab_size),
+                                       plan.train.seq_len, plan.train.seed);
+  executor::gpu::GpuTrainOptions options;
+  options.steps = o.steps;
+  options.batch_source = [&](std::int64_t step, std::int64_t micro, std::int32_t* ids,
+                             std::int32_t* targets) {
+    batches.fill(step, micro, 0, 1, plan.layout.micro_batch, plan.train.global_batch, ids, targets);
+  };
+  executor::gpu::GpuTrainer trainer(plan, options);
+  std::unique_ptr<RunLogWriter> log;
+  if (!o.metrics.empty()) {
+    log = std::make_unique<RunLogWriter>(o.metrics, run_header_here(plan, "cuda", 0, 1, 1), false);
+  }
+  Progress progress(o, 0, !o.quiet && ::isatty(STDERR_FILENO) != 0);
+  trainer.run([&](const StepRecord& r) {
+    if (log) log->write(r);
+    progress.on_step(r);
+  });
+  progress.summary(plan, trainer.step(), "1 GPU");
+#endif
+}
+
 void run(const TrainCmdOptions& o, const CLI::App& cmd) {
   if (o.plan.empty() == o.setup.model.empty()) {
     throw InputError("train needs either --plan FILE or --model M");
   }
   const Plan plan = o.plan.empty() ? plan_from_flags(o) : plan_from_file(o, cmd);
+  const bool gpu_plan = plan.cluster.device.kind == DeviceKind::Gpu;
+  if (o.backend == "cuda" || (o.backend.empty() && gpu_plan)) {
+    run_cuda(o, plan);
+    return;
+  }
   executor::TrainOptions t;
   t.steps = o.steps;
   t.data = o.data;
@@ -117,38 +214,12 @@ void run(const TrainCmdOptions& o, const CLI::App& cmd) {
   }
 #endif
   executor::Trainer trainer(plan, t, group_ptr);
-  const bool terminal = rank == 0 && !o.quiet && ::isatty(STDERR_FILENO) != 0;
-  const std::int64_t first_step = trainer.step();
-  double first_loss = -1, last_loss = 0, elapsed = 0;
-  std::vector<double> rates;
-  trainer.run([&](const StepRecord& r) {
-    if (first_loss < 0) first_loss = r.loss;
-    last_loss = r.loss;
-    elapsed += r.step_time_s;
-    rates.push_back(r.tokens_per_s);
-    if (terminal) {
-      const double per_step = elapsed / static_cast<double>(r.step - first_step);
-      std::fprintf(stderr, "\rstep %lld/%lld  loss %.4f  aux %.3f  %.0f tokens/s  ETA %s   ",
-                   static_cast<long long>(r.step), static_cast<long long>(o.steps), r.loss,
-                   r.aux_loss, r.tokens_per_s,
-                   clock_text(per_step * static_cast<double>(o.steps - r.step)).c_str());
-    }
-  });
-  if (terminal) std::fprintf(stderr, "\n");
+  Progress progress(o, trainer.step(), rank == 0 && !o.quiet && ::isatty(STDERR_FILENO) != 0);
+  trainer.run([&](const StepRecord& r) { progress.on_step(r); });
   if (rank != 0) return;
-  if (rates.empty()) {
-    std::printf("nothing to do: the checkpoint is already at step %lld of %lld\n",
-                static_cast<long long>(trainer.step()), static_cast<long long>(o.steps));
-    return;
-  }
-  std::sort(rates.begin(), rates.end());
-  std::printf(
-      "trained %s (%s, %lld rank%s) for steps %lld-%lld: loss %.4f -> %.4f, median %.0f "
-      "tokens/s\n",
-      plan.model.name.c_str(), describe(plan.layout).c_str(),
-      static_cast<long long>(plan.layout.world_size()), plan.layout.world_size() == 1 ? "" : "s",
-      static_cast<long long>(first_step + 1), static_cast<long long>(trainer.step()), first_loss,
-      last_loss, rates[rates.size() / 2]);
+  const std::int64_t ranks = plan.layout.world_size();
+  const std::string where = std::to_string(ranks) + (ranks == 1 ? " rank" : " ranks");
+  progress.summary(plan, trainer.step(), where.c_str());
 }
 
 }  // namespace
@@ -173,6 +244,9 @@ void register_train(CLI::App& app) {
   cmd->add_option("--export-hf", o->export_hf,
                   "write config.json + model.safetensors here at the end");
   cmd->add_flag("--quiet", o->quiet, "no progress line");
+  cmd->add_option("--backend", o->backend,
+                  "cpu or cuda (one GPU); default: cuda for a plan on a GPU cluster, else cpu")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->callback([o, cmd] { run(*o, *cmd); });
 }
 

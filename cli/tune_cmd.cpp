@@ -20,6 +20,9 @@
 #include "core/error.hpp"
 #include "core/host_load.hpp"
 #include "executor/trainer.hpp"
+#ifdef MOETUNE_HAVE_CUDA
+#include "executor/cuda/gpu_trainer.hpp"
+#endif
 #include "simulator/calibration.hpp"
 #include "simulator/simulator.hpp"
 
@@ -75,7 +78,13 @@ std::vector<planner::Candidate> runnable(const planner::SearchResult& result, co
     if (std::find(seen.begin(), seen.end(), key) != seen.end()) continue;
     Plan plan{setup.model, setup.cluster, setup.train, c.layout, std::nullopt};
     try {
-      executor::check_runnable_on_cpu(plan, c.layout.world_size());
+      if (setup.cluster.device.kind == DeviceKind::Gpu) {
+#ifdef MOETUNE_HAVE_CUDA
+        executor::gpu::check_runnable_on_gpu(plan);  // one GPU so far
+#endif
+      } else {
+        executor::check_runnable_on_cpu(plan, c.layout.world_size());
+      }
     } catch (const InputError&) {
       continue;
     }
@@ -115,12 +124,14 @@ void run(const TuneOptions& o) {
         "one node; the cluster has " +
         std::to_string(setup.cluster.nodes) + " nodes");
   }
+#ifndef MOETUNE_HAVE_CUDA
   if (setup.cluster.device.kind != DeviceKind::Cpu) {
     throw InputError(
-        "tune runs its trials through moetune train, which trains on CPU ranks only "
-        "so far; " +
+        "tune runs its trials through moetune train, and this moetune was built without the "
+        "CUDA backend; " +
         setup.cluster.name + " is a GPU cluster (try cpu-local)");
   }
+#endif
   fs::create_directories(fs::path(o.out) / "trials");
   planner::SearchOptions search;
   search.objective = planner::parse_objective(o.objective);
@@ -132,7 +143,8 @@ void run(const TuneOptions& o) {
       runnable(planner::search(setup.model, profile, setup.train, search), setup);
   if (ranking.empty()) {
     throw InputError("no layout of " + setup.model.name + " fits " + setup.cluster.name +
-                     " and runs on the CPU executor; see moetune explain");
+                     " and runs on this machine's executor (CPU ranks, or one GPU); see moetune "
+                     "explain");
   }
   const std::vector<planner::Candidate> initial_ranking = ranking;
   std::fprintf(stderr,

@@ -1,7 +1,10 @@
 // run.jsonl reading and writing.
 #include "core/run_log.hpp"
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <ctime>
 #include <fstream>
 
 #include "core/error.hpp"
@@ -201,6 +204,18 @@ void RunLogWriter::write(const StepRecord& step) {
   if (std::fputs(text.c_str(), file_) < 0 || std::fflush(file_) != 0) {
     throw InputError(path_ + ": write failed");
   }
+}
+
+RunHeader run_header_here(const Plan& plan, const std::string& backend, std::int64_t rank,
+                          std::int64_t world_size, std::int64_t threads) {
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "unknown");
+  char started[32] = {};
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  std::strftime(started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return RunHeader{plan, host, backend, rank, world_size, threads, started};
 }
 
 }  // namespace moetune

@@ -27,6 +27,10 @@ struct RunHeader {
   bool operator==(const RunHeader&) const = default;
 };
 
+// The header of a run on this machine: its host name and the current UTC time filled in.
+RunHeader run_header_here(const Plan& plan, const std::string& backend, std::int64_t rank,
+                          std::int64_t world_size, std::int64_t threads);
+
 struct CollectiveRecord {
   std::int64_t calls = 0;
   double bytes = 0;

@@ -8,41 +8,17 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
 
 #include "core/constraints.hpp"
 #include "core/error.hpp"
 #include "executor/io/checkpoint.hpp"
 #include "executor/io/safetensors.hpp"
-#include "executor/io/synth.hpp"
-#include "executor/io/token_file.hpp"
 #include "executor/schedule.hpp"
 #include "kernels/cpu/optimizer.hpp"
 
 namespace moetune::executor {
 
 namespace k = moetune::kernels::cpu;
-
-namespace {
-
-// Tokens of synthetic corpus made when no --data is given: enough for many steps of small models
-// without repeating a window often.
-constexpr std::uint64_t kSynthTokens = std::uint64_t{1} << 21;
-
-std::string utc_now() {
-  std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-  return buf;
-}
-
-std::string hostname() {
-  char buf[256] = {};
-  if (::gethostname(buf, sizeof buf - 1) != 0) return "unknown";
-  return buf;
-}
-
-}  // namespace
 
 void check_runnable_on_cpu(const Plan& plan, std::int64_t ranks) {
   const Layout& l = plan.layout;
@@ -147,7 +123,7 @@ Trainer::Trainer(const Plan& plan, const TrainOptions& options, ProcessGroups* g
   targets_.assign(static_cast<std::size_t>(tokens), 0);
   if (!options_.metrics.empty()) {
     const int rank = groups_ != nullptr ? groups_->world->rank() : 0;
-    RunHeader header{plan_, hostname(), "cpu", rank, ranks, 1, utc_now()};
+    const RunHeader header = run_header_here(plan_, "cpu", rank, ranks, 1);
     // Rank 0 writes the file named; every other rank a copy tagged with its rank.
     std::filesystem::path file = options_.metrics;
     if (rank > 0) file += ".rank" + std::to_string(rank);
@@ -158,41 +134,18 @@ Trainer::Trainer(const Plan& plan, const TrainOptions& options, ProcessGroups* g
 Trainer::~Trainer() = default;
 
 void Trainer::load_data() {
-  const std::int64_t seq = plan_.train.seq_len;
-  const auto vocab = static_cast<std::uint64_t>(plan_.model.vocab_size);
-  if (options_.data.empty()) {
-    tokens_ = synth_corpus(vocab, kSynthTokens, plan_.train.seed);
-  } else {
-    tokens_ = read_token_file(options_.data, vocab).tokens;
-  }
-  if (tokens_.size() < static_cast<std::size_t>(seq + 1)) {
-    throw InputError(
-        (options_.data.empty() ? std::string("synthetic corpus") : options_.data.string()) + ": " +
-        std::to_string(tokens_.size()) + " tokens, fewer than one sequence of " +
-        std::to_string(seq + 1));
-  }
+  batches_ = std::make_unique<TokenBatches>(options_.data,
+                                            static_cast<std::uint64_t>(plan_.model.vocab_size),
+                                            plan_.train.seq_len, plan_.train.seed);
 }
 
-// Sequence g of the run (g = step * global_batch + index) starts at g * seq modulo the windows
-// that fit, so every step reads fresh text until the corpus wraps, the same on every run.
 void Trainer::fill_micro_batch(std::int64_t step, std::int64_t micro) {
   if (options_.batch_source) {
     options_.batch_source(step, micro, ids_.data(), targets_.data());
     return;
   }
-  const std::int64_t seq = plan_.train.seq_len;
-  const std::int64_t b = plan_.layout.micro_batch;
-  const auto windows = static_cast<std::int64_t>(tokens_.size()) - seq;
-  for (std::int64_t i = 0; i < b; ++i) {
-    // Data-parallel rank d reads sequences [d * b, (d + 1) * b) of each micro-batch slot.
-    const std::int64_t g = step * plan_.train.global_batch + (micro * dp_size_ + dp_rank_) * b + i;
-    const std::int64_t start = (g * seq) % windows;
-    for (std::int64_t s = 0; s < seq; ++s) {
-      const auto at = static_cast<std::size_t>(start + s);
-      ids_[static_cast<std::size_t>(i * seq + s)] = static_cast<std::int32_t>(tokens_[at]);
-      targets_[static_cast<std::size_t>(i * seq + s)] = static_cast<std::int32_t>(tokens_[at + 1]);
-    }
-  }
+  batches_->fill(step, micro, dp_rank_, dp_size_, plan_.layout.micro_batch,
+                 plan_.train.global_batch, ids_.data(), targets_.data());
 }
 
 StepRecord Trainer::train_step() {

@@ -10,6 +10,7 @@
 
 #include "core/plan.hpp"
 #include "core/run_log.hpp"
+#include "executor/batches.hpp"
 #include "executor/dist_optimizer.hpp"
 #include "executor/mixtral.hpp"
 #include "executor/sharding.hpp"
@@ -111,7 +112,7 @@ class Trainer {
   std::vector<ShardUnit> units_;
   // With the distributed optimizer and replicas: adam_m_ and adam_v_ hold the owned chunks only.
   std::unique_ptr<DistributedOptimizer> dist_opt_;
-  std::vector<std::uint32_t> tokens_;
+  std::unique_ptr<TokenBatches> batches_;  // null with options_.batch_source
   std::vector<std::int32_t> ids_, targets_;
   std::unique_ptr<RunLogWriter> log_;
 };

@@ -2,8 +2,24 @@
 #include "executor/cuda/device.hpp"
 
 #include <limits>
+#include <string>
+
+#include "core/error.hpp"
 
 namespace moetune::executor::gpu {
+
+void require_gpu(int device) {
+  int count = 0;
+  const cudaError_t status = cudaGetDeviceCount(&count);
+  if (status != cudaSuccess || count <= device) {
+    const std::string why = status != cudaSuccess ? cudaGetErrorString(status)
+                                                  : std::to_string(count) + " GPU(s) found";
+    cudaGetLastError();  // clear the sticky error of a machine without a driver
+    throw InputError("the CUDA backend needs GPU " + std::to_string(device) +
+                     " and there is none here (" + why + ")");
+  }
+  CUDA_CHECK(cudaSetDevice(device));
+}
 
 DeviceAllocator::DeviceAllocator(cudaStream_t stream) : stream_(stream) {
   int device = 0;

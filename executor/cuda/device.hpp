@@ -17,6 +17,10 @@ namespace moetune::executor::gpu {
 
 // cudaMallocAsync on the device's default pool with an unlimited release threshold: freed blocks
 // stay cached in the pool for reuse in stream order, as PyTorch's caching allocator keeps them.
+// Selects GPU `device`; throws moetune::InputError with the reason when there is none (no driver,
+// or fewer GPUs), so a command on a machine without a GPU fails with one clear line.
+void require_gpu(int device);
+
 class DeviceAllocator {
  public:
   explicit DeviceAllocator(cudaStream_t stream);

@@ -2,6 +2,8 @@
 // warm-up, on buffers large enough to leave the caches.
 #include "executor/cuda/device_profile.hpp"
 
+#include "executor/cuda/device.hpp"
+
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -72,13 +74,7 @@ double best_seconds(cudaStream_t stream, const std::function<void()>& body, int 
 }  // namespace
 
 DeviceRates measure_device(int device) {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count <= device) {
-    cudaGetLastError();  // clear the sticky error of a machine without a driver
-    throw InputError("--backend cuda: no CUDA GPU " + std::to_string(device) +
-                     " here (the driver reports " + std::to_string(count) + ")");
-  }
-  CUDA_CHECK(cudaSetDevice(device));
+  require_gpu(device);
   cudaDeviceProp prop{};
   CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
   DeviceRates out;

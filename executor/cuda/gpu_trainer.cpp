@@ -23,6 +23,27 @@ void check_runnable_on_gpu(const Plan& plan) {
     throw InputError("the CUDA backend trains Mixtral models; " + plan.model.name + " is " +
                      to_string(plan.model.family));
   }
+  // What this backend does not do is refused, never silently trained another way.
+  if (l.recompute != Recompute::None) {
+    throw InputError(
+        "the CUDA backend keeps every activation and does not recompute yet; this "
+        "plan has recompute=" +
+        to_string(l.recompute) + ": plan again with --recompute none");
+  }
+  if (l.optimizer_offload || l.activation_offload) {
+    throw InputError(
+        "the CUDA backend does not offload to host memory yet: plan again with "
+        "--optimizer-offload off --activation-offload off");
+  }
+  if (plan.train.precision != Precision::Bf16) {
+    throw InputError("the CUDA backend trains in bf16; this plan is " +
+                     to_string(plan.train.precision) + ": plan again with --precision bf16");
+  }
+  if (plan.train.moe.force_balanced) {
+    throw InputError(
+        "this plan forces balanced routing, a benchmark setting only the simulator "
+        "models (plan again without --force-balanced)");
+  }
   if (plan.train.global_batch % l.micro_batch != 0) {
     throw InputError("micro-batch " + std::to_string(l.micro_batch) +
                      " does not divide the global batch " +
@@ -33,6 +54,7 @@ void check_runnable_on_gpu(const Plan& plan) {
 GpuTrainer::GpuTrainer(const Plan& plan, GpuTrainOptions options, const std::vector<float>* initial)
     : plan_(plan), options_(std::move(options)) {
   check_runnable_on_gpu(plan_);
+  require_gpu(0);
   accum_ = plan_.train.global_batch / plan_.layout.micro_batch;
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   alloc_ = std::make_unique<DeviceAllocator>(stream_);

@@ -49,6 +49,21 @@ TEST_CASE("cli: train refuses bad plans and data with one line", "[cli][train][e
     check_one_error_line(run_moetune({"train", "--plan", plan, "--metrics", metrics}), "pp = 1");
     CHECK(test::read_text(metrics) == "keep me\n");  // nothing overwritten
   }
+  SECTION("the CUDA backend refuses, before looking for a GPU, what it does not do") {
+    const std::string plan = (dir / "plan.json").string();
+    REQUIRE(run_moetune({"plan", "--model", "tiny", "--cluster", "cpu-local", "--nodes", "1",
+                         "--devices-per-node", "1", "--seq", "16", "--global-batch", "8", "--out",
+                         plan})
+                .status == 0);
+    // Checkpoints are CPU-only so far, and a cpu-local plan is an fp32 plan (a build without the
+    // CUDA backend says that instead; each is one line naming the CUDA backend).
+    check_one_error_line(run_moetune({"train", "--plan", plan, "--steps", "1", "--backend", "cuda",
+                                      "--checkpoint-dir", (dir / "ckpt").string()}),
+                         "CUDA backend");
+    check_one_error_line(
+        run_moetune({"train", "--plan", plan, "--steps", "1", "--backend", "cuda"}),
+        "CUDA backend");
+  }
   SECTION("a plan with forced balanced routing, which only the simulator models") {
     const std::string plan = (dir / "plan.json").string();
     REQUIRE(run_moetune({"plan", "--model", "tiny", "--cluster", "cpu-local", "--nodes", "1",

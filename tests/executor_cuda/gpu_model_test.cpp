@@ -169,6 +169,7 @@ TEST_CASE("200 GPU steps track the CPU trainer's loss curve", "[gpu][curve]") {
   gpu::GpuTrainOptions gpu_options;
   gpu_options.steps = steps;
   gpu_options.batch_source = source;
+  plan.train.precision = Precision::Bf16;          // the CUDA backend trains bf16 plans
   gpu::GpuTrainer gpu_trainer(plan, gpu_options);  // the same seeded initialisation
   std::vector<double> gpu_loss;
   gpu_trainer.run([&](const StepRecord& r) { gpu_loss.push_back(r.loss); });
