@@ -93,7 +93,8 @@ class MixtralModel {
   std::int64_t seq_len() const { return seq_; }
 
   // Forward pass over ids[B,S]; targets[B,S] are the next tokens (kIgnoreIndex to skip). Keeps
-  // every activation for backward(). logits() holds [B*S, V] afterwards.
+  // every activation for backward() (under recompute, each layer's input only). logits() holds
+  // [B*S, V] afterwards.
   MicroBatchLoss forward(const float* params, const std::int32_t* ids, const std::int32_t* targets,
                          PhaseTimes* times = nullptr);
   MicroBatchLoss forward(ParameterAccess& access, const std::int32_t* ids,

@@ -35,8 +35,8 @@ struct TrainOptions {
 };
 
 // Refuses a plan the CPU executor cannot run, with the reason (pipeline stages, a world size other
-// than the ranks running, layouts not built yet, GPU precision, a model family other than
-// Mixtral). `ranks` is the number of processes taking part.
+// than the ranks running, GPU precision, forced routing, a model family other than Mixtral).
+// `ranks` is the number of processes taking part.
 void check_runnable_on_cpu(const Plan& plan, std::int64_t ranks = 1);
 
 class Trainer {
