@@ -127,8 +127,16 @@ void StepBuilder::build(Built& b, const StageCosts& costs) {
     }
     std::optional<OpId> x = last;
     if (sh.recompute) x = forward_layer(li, x, gather, true, true);
+    // Sequence parallelism keeps each norm output as this rank's chunk and all-gathers it again
+    // for the weight gradients of the GEMMs that read it (the router, and q, k, v), as Megatron
+    // does: on the overlapping stream, while the half's input-gradient compute runs.
+    auto regather = [&](std::optional<OpId> after) -> std::optional<OpId> {
+      if (!sh.tp) return std::nullopt;
+      return add(fsdp, kAg, kTpGather, 1.0, {after}, true, li);
+    };
     // The backward of a reduce-scatter is an all-gather and the other way round.
     x = comm(sh.tp, kAg, kTpScatter, x, true, li);
+    const std::optional<OpId> router_input = regather(x);
     if (sh.moe) {
       x = add(Stream::Compute, kCombine, kPermute, 1.0, {x}, true, li);
       x = comm(sh.a2a, kCombine, kA2a, x, true, li);
@@ -139,11 +147,12 @@ void StepBuilder::build(Built& b, const StageCosts& costs) {
     } else {
       x = add(Stream::Compute, kExpertsLabel, kExperts, bf, {x, gather}, true, li);
     }
-    x = comm(sh.tp, kRs, kTpGather, x, true, li);
+    if (sh.tp) x = add(critical, kRs, kTpGather, 1.0, {x, router_input}, true, li);
     x = comm(sh.tp, kAg, kTpScatter, x, true, li);
+    const std::optional<OpId> qkv_input = regather(x);
     x = add(Stream::Compute, kAtt, kAttention, bf, {x, gather}, true, li);
     const OpId attention_done = *x;
-    x = comm(sh.tp, kRs, kTpGather, x, true, li);
+    if (sh.tp) x = add(critical, kRs, kTpGather, 1.0, {x, qkv_input}, true, li);
     if (sh.fsdp_scatter) add(fsdp, kRs, kFsdpScatter, 1.0, {attention_done}, true, li);
     backward_end[static_cast<std::size_t>(l)] = *x;
     last = x;

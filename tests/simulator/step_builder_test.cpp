@@ -2,6 +2,8 @@
 // overlap that never slows a step, and the layout intuitions the model must reproduce.
 #include <catch2/catch.hpp>
 
+#include <map>
+
 #include <algorithm>
 
 #include "core/presets.hpp"
@@ -102,6 +104,33 @@ TEST_CASE("the periodic extension equals scheduling every layer", "[simulator][s
       }
     }
   }
+}
+
+TEST_CASE("sequence parallelism gathers each norm output again in backward, overlapped",
+          "[simulator][step]") {
+  // Megatron's (and the CPU executor's) sequence parallelism keeps a norm output as this rank's
+  // chunk and all-gathers it again for the weight gradients that read it: the router's and
+  // q, k, v's. Two such gathers per layer, on the overlapping stream, hidden while the compute
+  // they run beside is longer.
+  StepBuilder b;
+  StageCosts c = plain_layer();
+  c.layers = 4;
+  c.layer.tp_gather = 0.25;
+  c.layer.tp_scatter = 0.25;
+  std::map<std::int32_t, int> regathers;
+  const std::vector<TimelineOp> ops = b.timeline(c);
+  for (const TimelineOp& op : ops) {
+    if (!op.backward || op.phase != "all_gather" || op.stream != "comm") continue;
+    ++regathers[op.layer];
+    // Short against the compute: it runs entirely while a compute op runs.
+    const bool hidden = std::any_of(ops.begin(), ops.end(), [&](const TimelineOp& other) {
+      return other.stream == "compute" && other.start_s <= op.start_s && other.end_s >= op.end_s;
+    });
+    CHECK(hidden);
+  }
+  REQUIRE(regathers.size() == 4);
+  for (const auto& [layer, count] : regathers)
+    CHECK(count == 2);
 }
 
 TEST_CASE("overlap never makes a step slower than running every op in turn", "[simulator][step]") {
