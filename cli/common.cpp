@@ -151,6 +151,20 @@ void add_layout_options(CLI::App& app, LayoutOptions& o) {
       ->check(CLI::IsMember({"on", "off"}));
 }
 
+namespace {
+
+// --first-stage-layers and --last-stage-layers, given together or not at all.
+std::optional<StageSplit> stage_split_of(const LayoutOptions& o) {
+  if (o.first_stage_layers.has_value() != o.last_stage_layers.has_value()) {
+    throw InputError(
+        "uneven pipeline stages need both --first-stage-layers and --last-stage-layers");
+  }
+  if (!o.first_stage_layers) return std::nullopt;
+  return StageSplit{*o.first_stage_layers, *o.last_stage_layers};
+}
+
+}  // namespace
+
 planner::Pins to_pins(const LayoutOptions& o) {
   planner::Pins p;
   p.tp = o.tp;
@@ -164,11 +178,7 @@ planner::Pins to_pins(const LayoutOptions& o) {
   if (o.optimizer_offload) p.optimizer_offload = *o.optimizer_offload == "on";
   if (o.activation_offload) p.activation_offload = *o.activation_offload == "on";
   if (o.distributed_optimizer) p.distributed_optimizer = *o.distributed_optimizer == "on";
-  if (o.first_stage_layers.has_value() != o.last_stage_layers.has_value()) {
-    throw InputError(
-        "uneven pipeline stages need both --first-stage-layers and --last-stage-layers");
-  }
-  if (o.first_stage_layers) p.stage_split = StageSplit{*o.first_stage_layers, *o.last_stage_layers};
+  p.stage_split = stage_split_of(o);
   return p;
 }
 
@@ -177,12 +187,9 @@ Layout to_layout(const LayoutOptions& o, const ClusterSpec& cluster) {
   l.tp = o.tp.value_or(1);
   l.pp = o.pp.value_or(1);
   l.vpp = o.vpp.value_or(1);
-  if (o.first_stage_layers.has_value() != o.last_stage_layers.has_value()) {
-    throw InputError(
-        "uneven pipeline stages need both --first-stage-layers and --last-stage-layers");
-  }
-  l.first_stage_layers = o.first_stage_layers.value_or(0);
-  l.last_stage_layers = o.last_stage_layers.value_or(0);
+  const StageSplit split = stage_split_of(o).value_or(StageSplit{});
+  l.first_stage_layers = split.first;
+  l.last_stage_layers = split.last;
   l.ep = o.ep.value_or(1);
   const std::int64_t world = cluster.world_size();
   const std::int64_t inner = l.tp * l.pp * l.ep;
@@ -243,6 +250,12 @@ std::string format_seconds(double s) {
   } else {
     std::snprintf(buf, sizeof buf, "%.1f ms", s * 1e3);
   }
+  return buf;
+}
+
+std::string format_text(const char* format, double a, double b, double c) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, format, a, b, c);
   return buf;
 }
 

@@ -67,6 +67,8 @@ std::string format_gib(double bytes);
 std::string format_count(double n);  // 46.7B, 12.9M
 std::string format_rate(double tokens_per_s);
 std::string format_seconds(double s);
+// printf-style text of up to three numbers, e.g. format_text("%.2f cores", x).
+std::string format_text(const char* format, double a, double b = 0, double c = 0);
 
 // Prediction as stable JSON keys: the layout's degrees and order, fits, memory, time, throughput.
 Json prediction_json(const Layout& layout, const Prediction& prediction);

@@ -80,12 +80,6 @@ std::string host_name() {
   return buf;
 }
 
-std::string fmt(const char* format, double a, double b = 0, double c = 0) {
-  char buf[256];
-  std::snprintf(buf, sizeof buf, format, a, b, c);
-  return buf;
-}
-
 struct GemmPoint {
   std::int64_t m, n, k;
   double flops_per_s;
@@ -392,7 +386,8 @@ void run_cuda(const ProfileOptions& o) {
     std::printf("  %5lld x %5lld x %5lld  %7.1f TFLOP/s  %.2f\n", static_cast<long long>(g.m),
                 static_cast<long long>(g.n), static_cast<long long>(g.k), g.flops_per_s / 1e12,
                 g.flops_per_s / peak);
-    curve += fmt("%.0f:", static_cast<double>(g.m)) + fmt("%.2f ", g.flops_per_s / peak);
+    curve +=
+        format_text("%.0f:", static_cast<double>(g.m)) + format_text("%.2f ", g.flops_per_s / peak);
     if (g.m >= 2048) large = std::max(large, g.flops_per_s);
   }
   std::printf("  grouped 8 x (%lld x %lld x %lld)  %7.1f TFLOP/s  %.2f\n",
@@ -402,20 +397,22 @@ void run_cuda(const ProfileOptions& o) {
   d.gemm_efficiency = std::clamp(large / peak, 1e-3, 1.0);
   d.sources["gemm_efficiency"] =
       where + ": best bf16 GEMM from 2048^3 up over the bf16 peak; by size (n:eff) " + curve +
-      fmt("; grouped expert GEMM %.2f", r.grouped.flops_per_s / peak);
+      format_text("; grouped expert GEMM %.2f", r.grouped.flops_per_s / peak);
   const double bandwidth = d.memory_bandwidth_GBps * 1e9;
   d.memory_bound_efficiency = std::clamp(r.rmsnorm_bytes_per_s / bandwidth, 1e-3, 1.0);
   d.sources["memory_bound_efficiency"] =
-      where + fmt(": RMSNorm forward [65536 x 4096] bf16 moves %.0f GB/s over the %.0f GB/s of "
+      where + format_text(
+                  ": RMSNorm forward [65536 x 4096] bf16 moves %.0f GB/s over the %.0f GB/s of "
                   "the profile (a 1 GiB device copy: %.0f GB/s)",
                   r.rmsnorm_bytes_per_s / 1e9, d.memory_bandwidth_GBps, r.copy_bytes_per_s / 1e9);
   d.optimizer_efficiency = std::clamp(r.optimizer_bytes_per_s / bandwidth, 1e-3, 1.0);
   d.sources["optimizer_efficiency"] =
-      where +
-      fmt(": AdamW over 64 Mi fp32 parameters moves %.0f GB/s", r.optimizer_bytes_per_s / 1e9);
+      where + format_text(": AdamW over 64 Mi fp32 parameters moves %.0f GB/s",
+                          r.optimizer_bytes_per_s / 1e9);
   d.attention_efficiency = std::clamp(r.attention_flops_per_s / peak, 1e-3, 1.0);
   d.sources["attention_efficiency"] =
-      where + fmt(": causal attention forward (seq 4096, 32 heads of 128, batched cuBLAS) at %.0f "
+      where + format_text(
+                  ": causal attention forward (seq 4096, 32 heads of 128, batched cuBLAS) at %.0f "
                   "TFLOP/s",
                   r.attention_flops_per_s / 1e12);
   d.kernel_overhead_us = r.kernel_overhead_s * 1e6;
@@ -483,7 +480,8 @@ void run(const ProfileOptions& o) {
     std::printf("  %5lld x %5lld x %5lld  %7.1f GFLOP/s  %.2f\n", static_cast<long long>(g.m),
                 static_cast<long long>(g.n), static_cast<long long>(g.k), g.flops_per_s / 1e9,
                 g.flops_per_s / peak_now);
-    curve += fmt("%.0f:", static_cast<double>(g.m)) + fmt("%.2f ", g.flops_per_s / peak_now);
+    curve += format_text("%.0f:", static_cast<double>(g.m)) +
+             format_text("%.2f ", g.flops_per_s / peak_now);
   }
   const double grouped = profile_grouped_gemm();
   std::printf("  grouped 8 x (64 x 256 x 128)  %7.1f GFLOP/s  %.2f\n", grouped / 1e9,
@@ -495,7 +493,8 @@ void run(const ProfileOptions& o) {
   d.gemm_efficiency = std::clamp(large / peak_now, 1e-3, 1.0);
   d.sources["gemm_efficiency"] =
       where + ": best sgemm from 256^3 up over peak; by size (n:eff) " + curve +
-      fmt("; grouped expert GEMM 8x(64x256x128) %.2f. Small GEMMs reach less; calibration fits "
+      format_text(
+          "; grouped expert GEMM 8x(64x256x128) %.2f. Small GEMMs reach less; calibration fits "
           "the model's mix.",
           grouped / peak_now);
 
@@ -505,14 +504,16 @@ void run(const ProfileOptions& o) {
   const double norm = profile_memory_bound();
   d.memory_bound_efficiency = std::clamp(norm / bandwidth, 1e-3, 1.0);
   d.sources["memory_bound_efficiency"] =
-      where + fmt(": RMSNorm forward [4096 x 512] moves %.1f GB/s, over the triad's", norm / 1e9);
+      where +
+      format_text(": RMSNorm forward [4096 x 512] moves %.1f GB/s, over the triad's", norm / 1e9);
   std::printf("\nmemory: triad %.1f GB/s; RMSNorm %.1f GB/s (efficiency %.2f)\n", bandwidth / 1e9,
               norm / 1e9, d.memory_bound_efficiency);
 
   const double optimizer = profile_optimizer();
   d.optimizer_efficiency = std::clamp(optimizer / bandwidth, 1e-3, 1.0);
   d.sources["optimizer_efficiency"] =
-      where + fmt(": gradient norm and AdamW over 4 Mi fp32 parameters move %.1f GB/s (32 bytes "
+      where + format_text(
+                  ": gradient norm and AdamW over 4 Mi fp32 parameters move %.1f GB/s (32 bytes "
                   "per parameter), over the triad's",
                   optimizer / 1e9);
   std::printf("optimizer: %.1f GB/s (efficiency %.2f)\n", optimizer / 1e9, d.optimizer_efficiency);
@@ -520,8 +521,8 @@ void run(const ProfileOptions& o) {
   const double attention = profile_attention();
   d.attention_efficiency = std::clamp(attention / peak_now, 1e-3, 1.0);
   d.sources["attention_efficiency"] =
-      where +
-      fmt(": causal attention forward (s 256, 8 heads of 16) at %.1f GFLOP/s", attention / 1e9);
+      where + format_text(": causal attention forward (s 256, 8 heads of 16) at %.1f GFLOP/s",
+                          attention / 1e9);
   std::printf("attention forward: %.1f GFLOP/s (efficiency %.2f)\n", attention / 1e9,
               d.attention_efficiency);
 
@@ -533,7 +534,8 @@ void run(const ProfileOptions& o) {
 
   d.node_contention = profile_node_contention(cluster.devices_per_node);
   d.sources["node_contention"] =
-      where + fmt(" alone, then %.0f threads at once: grouped expert GEMMs and an RMSNorm; "
+      where + format_text(
+                  " alone, then %.0f threads at once: grouped expert GEMMs and an RMSNorm; "
                   "(time together / alone - 1) / (threads - 1)",
                   static_cast<double>(cluster.devices_per_node));
   std::printf(

@@ -94,12 +94,6 @@ std::vector<planner::Candidate> runnable(const planner::SearchResult& result, co
   return out;
 }
 
-std::string fmt_text(const char* format, double x) {
-  char buf[96];
-  std::snprintf(buf, sizeof buf, format, x);
-  return buf;
-}
-
 std::string clock_text(double s) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%d:%02d", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
@@ -176,20 +170,20 @@ void run(const TuneOptions& o) {
     for (std::size_t i = 0; i < ranking.size() && static_cast<std::int64_t>(i) < o.trials; ++i)
       top.push_back(layout_key(ranking[i].layout));
     ranking_history.push_back(top);
-    std::vector<planner::Candidate> todo;
+    std::vector<planner::Candidate> to_run;
     for (const planner::Candidate& c : ranking) {
-      if (static_cast<std::int64_t>(todo.size()) >= o.trials) break;
+      if (static_cast<std::int64_t>(to_run.size()) >= o.trials) break;
       if (std::find(top.begin(), top.end(), layout_key(c.layout)) == top.end()) break;
-      if (!measured_key(layout_key(c.layout))) todo.push_back(c);
+      if (!measured_key(layout_key(c.layout))) to_run.push_back(c);
     }
-    if (todo.empty()) {
+    if (to_run.empty()) {
       stopped = "stable";
       std::fprintf(stderr, "[tune %s] round %lld: the top %zu are all measured; ranking stable\n",
                    clock_text(elapsed()).c_str(), static_cast<long long>(round), top.size());
       break;
     }
     bool out_of_time = false;
-    for (std::size_t i = 0; i < todo.size(); ++i) {
+    for (std::size_t i = 0; i < to_run.size(); ++i) {
       const double left = budget_s - elapsed();
       if (left <= 0) {
         out_of_time = true;
@@ -198,7 +192,7 @@ void run(const TuneOptions& o) {
       Trial t;
       t.round = round;
       t.index = static_cast<std::int64_t>(trials.size()) + 1;
-      t.layout = todo[i].layout;
+      t.layout = to_run[i].layout;
       t.initial_rank = initial_rank_of(t.layout);
       char name[32];
       std::snprintf(name, sizeof name, "%02lld", static_cast<long long>(t.index));
@@ -213,7 +207,7 @@ void run(const TuneOptions& o) {
       const fs::path metrics = t.dir / "run.jsonl";
       std::fprintf(stderr, "[tune %s] round %lld trial %lld (%zu/%zu): %s, predicted %s ms ...\n",
                    clock_text(elapsed()).c_str(), static_cast<long long>(round),
-                   static_cast<long long>(t.index), i + 1, todo.size(),
+                   static_cast<long long>(t.index), i + 1, to_run.size(),
                    short_layout(t.layout).c_str(), ms_text(t.predicted_at_run_s).c_str());
       for (std::int64_t attempt = 1; attempt <= o.attempts; ++attempt) {
         const double time_left = budget_s - elapsed();
@@ -265,7 +259,7 @@ void run(const TuneOptions& o) {
       if (t.measured) {
         const std::string disturbed =
             t.other_cores >= kQuietCores
-                ? fmt_text("; other processes kept %.2f cores busy", t.other_cores)
+                ? format_text("; other processes kept %.2f cores busy", t.other_cores)
                 : std::string();
         std::fprintf(stderr, "[tune %s]   measured %s ms (%.0f%% off), %.0f tokens/s%s\n",
                      clock_text(elapsed()).c_str(), ms_text(t.measured->step_time_s).c_str(),

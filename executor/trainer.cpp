@@ -284,12 +284,7 @@ std::int64_t Trainer::state_floats() const {
   return static_cast<std::int64_t>(sharded_ ? sharded_->master().size() : params_.size());
 }
 
-void Trainer::whole_adam_state(std::vector<float>& m, std::vector<float>& v) {
-  if (!dist_opt_) {
-    m = adam_m_;
-    v = adam_v_;
-    return;
-  }
+void Trainer::gather_adam_state(std::vector<float>& m, std::vector<float>& v) {
   m.assign(static_cast<std::size_t>(state_floats()), 0.0f);
   v.assign(m.size(), 0.0f);
   dist_opt_->gather_state(adam_m_.data(), m.data());
@@ -509,22 +504,29 @@ void Trainer::restore_resharded(const Plan& saved, std::int64_t step) {
 
 void Trainer::save_checkpoint_now() {
   std::vector<NamedTensor> tensors;
-  // Whole-vector Adam state whatever the optimizer keeps, so the format does not depend on it.
-  std::vector<float> m, v;
-  whole_adam_state(m, v);
+  // Whole-vector Adam state whatever the optimizer keeps, so the format does not depend on it:
+  // gathered from the owned chunks with the distributed optimizer, else the state itself.
+  std::vector<float> gathered_m, gathered_v;
+  const float* m = adam_m_.data();
+  const float* v = adam_v_.data();
+  if (dist_opt_) {
+    gather_adam_state(gathered_m, gathered_v);
+    m = gathered_m.data();
+    v = gathered_v.data();
+  }
   if (sharded_) {
     const std::vector<float>& master = sharded_->master();
     const std::vector<std::int64_t> shape = {static_cast<std::int64_t>(master.size())};
     tensors.push_back({"shard.master", shape, master.data()});
-    tensors.push_back({"shard.exp_avg", shape, m.data()});
-    tensors.push_back({"shard.exp_avg_sq", shape, v.data()});
+    tensors.push_back({"shard.exp_avg", shape, m});
+    tensors.push_back({"shard.exp_avg_sq", shape, v});
   } else {
     for (const ParamTensor& t : model_->layout().tensors()) {
       tensors.push_back({t.name, t.shape, params_.data() + t.offset});
     }
     for (const ParamTensor& t : model_->layout().tensors()) {
-      tensors.push_back({"optimizer.exp_avg." + t.name, t.shape, m.data() + t.offset});
-      tensors.push_back({"optimizer.exp_avg_sq." + t.name, t.shape, v.data() + t.offset});
+      tensors.push_back({"optimizer.exp_avg." + t.name, t.shape, m + t.offset});
+      tensors.push_back({"optimizer.exp_avg_sq." + t.name, t.shape, v + t.offset});
     }
   }
   Json state;

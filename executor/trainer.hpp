@@ -93,9 +93,9 @@ class Trainer {
   float* state_params() { return sharded_ ? sharded_->master().data() : params_.data(); }
   float* state_grads() { return sharded_ ? sharded_->grad_shard().data() : grads_.data(); }
   std::int64_t state_floats() const;
-  // Whole-vector Adam m and v (gathered from the owned chunks with the distributed optimizer: a
-  // collective over the replicas).
-  void whole_adam_state(std::vector<float>& m, std::vector<float>& v);
+  // The distributed optimizer's Adam m and v as whole vectors, gathered from every replica's owned
+  // chunks (a collective over the replicas).
+  void gather_adam_state(std::vector<float>& m, std::vector<float>& v);
   void set_adam_state(std::vector<float> m, std::vector<float> v);
 
   Plan plan_;

@@ -18,8 +18,11 @@ QString offload_text(const Layout& l) {
   return text;
 }
 
+// As `moetune plan` prints it: "8x2" with virtual stages, "~" for uneven first and last stages.
 QString pp_text(const Layout& l) {
-  return l.vpp > 1 ? QStringLiteral("%1x%2").arg(l.pp).arg(l.vpp) : QString::number(l.pp);
+  QString text = l.vpp > 1 ? QStringLiteral("%1x%2").arg(l.pp).arg(l.vpp) : QString::number(l.pp);
+  if (l.uneven_stages()) text += QLatin1Char('~');
+  return text;
 }
 
 }  // namespace

@@ -556,11 +556,11 @@ PY
   const QByteArray cli = qgetenv("MOETUNE_CLI");
   {
     const QString old = dir.filePath(QStringLiteral("old-moetune"));
-    QFile stub(old);
-    QVERIFY(stub.open(QIODevice::WriteOnly));
-    stub.write("#!/bin/sh\nprintf 'Subcommands:\\n  plan  search\\n'\n");
-    stub.close();
-    QVERIFY(stub.setPermissions(QFile::ReadOwner | QFile::WriteOwner | QFile::ExeOwner));
+    QFile stand_in(old);
+    QVERIFY(stand_in.open(QIODevice::WriteOnly));
+    stand_in.write("#!/bin/sh\nprintf 'Subcommands:\\n  plan  search\\n'\n");
+    stand_in.close();
+    QVERIFY(stand_in.setPermissions(QFile::ReadOwner | QFile::WriteOwner | QFile::ExeOwner));
     qputenv("MOETUNE_CLI", old.toLocal8Bit());
     QSignalSpy unavailable(launch, &LaunchPanel::calibrationUnavailable);
     launch->calibrate();
