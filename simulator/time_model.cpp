@@ -21,16 +21,19 @@ StepBuilder& builder() {
 }
 
 // The collective cost lines of one mesh, looked up once per mesh: the planner evaluates many
-// layouts (micro-batch, recompute, offload) on the same mesh in a row.
+// layouts (micro-batch, recompute, offload) on the same mesh in a row. Keyed by the simulator's
+// unique id, not by the collective model's address: calibration builds simulator after simulator
+// for slightly different profiles, and a new one may reuse a freed one's address.
 struct MeshLines {
-  const CollectiveModel* model = nullptr;
+  std::uint64_t simulator = 0;
   std::array<std::int64_t, kNumAxes + kNumAxes> key{};  // degrees and order
   CollectiveCost ep_a2a, ep_gather, tp_gather, tp_scatter, hs_gather, hs_scatter, dense_ar,
       expert_ar, dense_rs, expert_rs, dense_ag, expert_ag;
   AlphaBeta p2p;
 };
 
-const MeshLines& mesh_lines(const CollectiveModel& model, const Layout& l, const Mesh& mesh) {
+const MeshLines& mesh_lines(std::uint64_t simulator, const CollectiveModel& model, const Layout& l,
+                            const Mesh& mesh) {
   thread_local MeshLines memo;
   std::array<std::int64_t, kNumAxes + kNumAxes> key{};
   for (int i = 0; i < kNumAxes; ++i) {
@@ -38,8 +41,8 @@ const MeshLines& mesh_lines(const CollectiveModel& model, const Layout& l, const
     key[static_cast<std::size_t>(kNumAxes + i)] =
         static_cast<std::int64_t>(l.order[static_cast<std::size_t>(i)]);
   }
-  if (memo.model == &model && memo.key == key) return memo;
-  memo.model = &model;
+  if (memo.simulator == simulator && memo.key == key) return memo;
+  memo.simulator = simulator;
   memo.key = key;
   memo.ep_a2a = model.cost(Collective::AllToAll, mesh, Group::Ep);
   memo.ep_gather = model.cost(Collective::AllGather, mesh, Group::Ep);
@@ -118,7 +121,7 @@ StageCosts Simulator::stage_costs(const Layout& l, const Mesh& mesh, std::int64_
   const double Tr = T * k * expert_load_factor(l);
   const double keys = mean_attended_keys(m, train_.seq_len, AttentionFlops::Causal);
   const StageParams sp = stage_params(l, stage);
-  const MeshLines& lines = mesh_lines(collectives_, l, mesh);
+  const MeshLines& lines = mesh_lines(id_, collectives_, l, mesh);
 
   // Every op pays a fixed cost per kernel; a GEMM runs at the larger of its compute and memory
   // times (small GEMMs, such as fine-grained experts' at few tokens each, are bound by reading
@@ -199,7 +202,7 @@ double Simulator::node_share() const {
 }
 
 TimeBreakdown Simulator::time(const Layout& l, const Mesh& mesh) const {
-  const MeshLines& lines = mesh_lines(collectives_, l, mesh);
+  const MeshLines& lines = mesh_lines(id_, collectives_, l, mesh);
   const double a = train_.precision == Precision::Fp32 ? 4.0 : 2.0;
   const double accum = static_cast<double>(grad_accum_steps(train_, l));
   const double T = static_cast<double>(l.micro_batch * train_.seq_len);

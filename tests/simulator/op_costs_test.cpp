@@ -133,3 +133,25 @@ TEST_CASE("the distributed optimizer never costs more time than plain replicas")
     }
   }
 }
+
+TEST_CASE("each simulator uses its own collective costs, whatever address it lands at") {
+  // Calibration builds simulator after simulator for profiles that differ in one figure; each
+  // one lives where the previous one did. Per-thread memos must not hand one the other's costs.
+  TrainSpec t;
+  t.seq_len = 64;
+  t.global_batch = 8;
+  t.precision = Precision::Fp32;
+  Layout l;
+  l.hs = 2;
+  l.micro_batch = 4;
+  std::vector<double> comm;
+  for (double bandwidth : {5.0, 0.05}) {
+    ClusterSpec cluster = load_cluster("cpu-local", 1, 2);
+    cluster.intra_node.bandwidth_GBps = bandwidth;
+    const Simulator sim(load_model("tiny"), cluster, t);
+    const TimeBreakdown b = sim.predict(l).time;
+    comm.push_back(b.all_gather + b.reduce_scatter + b.overlapped_comm);
+  }
+  // A hundred times less bandwidth: the gathers and reduce-scatters take far longer.
+  CHECK(comm[1] > 10 * comm[0]);
+}
