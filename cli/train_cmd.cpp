@@ -4,18 +4,17 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 
 #include "cli/commands.hpp"
 #include "cli/common.hpp"
 #include "core/error.hpp"
 #include "executor/batches.hpp"
+#include "executor/backend.hpp"
 #include "executor/trainer.hpp"
 #ifdef MOETUNE_HAVE_MPI
 #include "executor/comm/mpi_communicator.hpp"
-#endif
-#ifdef MOETUNE_HAVE_CUDA
-#include "executor/cuda/gpu_trainer.hpp"
 #endif
 
 namespace moetune::cli {
@@ -137,58 +136,7 @@ class Progress {
   std::vector<double> rates_;
 };
 
-// The CUDA backend: one GPU, the same data and run.jsonl as the CPU backend.
-void run_cuda(const TrainCmdOptions& o, const Plan& plan) {
-#ifndef MOETUNE_HAVE_CUDA
-  (void)o;
-  (void)plan;
-  throw InputError(
-      "--backend cuda: this moetune was built without the CUDA backend (configure with "
-      "-DMOETUNE_CUDA=ON where the CUDA toolkit is installed)");
-#else
-  for (const auto& [flag, set] :
-       {std::pair<const char*, bool>{"--checkpoint-dir", !o.checkpoint_dir.empty()},
-        {"--resume", o.resume},
-        {"--init-from", !o.init_from.empty()},
-        {"--export-hf", !o.export_hf.empty()}}) {
-    if (set) {
-      throw InputError(std::string(flag) +
-                       " is not supported on the CUDA backend yet (train on the CPU backend)");
-    }
-  }
-  executor::gpu::check_runnable_on_gpu(plan);
-  const executor::TokenBatches batches(o.data, static_cast<std::uint64_t>(plan.model.vocab_size),
-                                       plan.train.seq_len, plan.train.seed);
-  executor::gpu::GpuTrainOptions options;
-  options.steps = o.steps;
-  options.batch_source = [&](std::int64_t step, std::int64_t micro, std::int32_t* ids,
-                             std::int32_t* targets) {
-    batches.fill(step, micro, 0, 1, plan.layout.micro_batch, plan.train.global_batch, ids, targets);
-  };
-  executor::gpu::GpuTrainer trainer(plan, options);
-  std::unique_ptr<RunLogWriter> log;
-  if (!o.metrics.empty()) {
-    log = std::make_unique<RunLogWriter>(o.metrics, run_header_here(plan, "cuda", 0, 1, 1), false);
-  }
-  Progress progress(o, 0, !o.quiet && ::isatty(STDERR_FILENO) != 0);
-  trainer.run([&](const StepRecord& r) {
-    if (log) log->write(r);
-    progress.on_step(r);
-  });
-  progress.summary(plan, trainer.step(), "1 GPU");
-#endif
-}
-
-void run(const TrainCmdOptions& o, const CLI::App& cmd) {
-  if (o.plan.empty() == o.setup.model.empty()) {
-    throw InputError("train needs either --plan FILE or --model M");
-  }
-  const Plan plan = o.plan.empty() ? plan_from_flags(o) : plan_from_file(o, cmd);
-  const bool gpu_plan = plan.cluster.device.kind == DeviceKind::Gpu;
-  if (o.backend == "cuda" || (o.backend.empty() && gpu_plan)) {
-    run_cuda(o, plan);
-    return;
-  }
+executor::TrainOptions train_options(const TrainCmdOptions& o) {
   executor::TrainOptions t;
   t.steps = o.steps;
   t.data = o.data;
@@ -198,27 +146,57 @@ void run(const TrainCmdOptions& o, const CLI::App& cmd) {
   t.metrics = o.metrics;
   t.init_from = o.init_from;
   t.export_hf = o.export_hf;
-  // A plan for several ranks trains under MPI: `mpirun -np W moetune train --plan plan.json`.
+  return t;
+}
+
+// The GPU of this rank on its node: the launcher's node-local rank (mpirun or srun).
+int local_device() {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"}) {
+    if (const char* v = std::getenv(var); v != nullptr) return std::atoi(v);
+  }
+  return 0;
+}
+
+void run(const TrainCmdOptions& o, const CLI::App& cmd) {
+  if (o.plan.empty() == o.setup.model.empty()) {
+    throw InputError("train needs either --plan FILE or --model M");
+  }
+  const Plan plan = o.plan.empty() ? plan_from_flags(o) : plan_from_file(o, cmd);
+  const bool gpu_plan = plan.cluster.device.kind == DeviceKind::Gpu;
+  const std::string backend_name = !o.backend.empty() ? o.backend : (gpu_plan ? "cuda" : "cpu");
+  const executor::TrainOptions t = train_options(o);
+  // A plan for several ranks trains under MPI: `mpirun -np W moetune train --plan plan.json`,
+  // each rank on its own backend (CPU ranks over MPI; one GPU per rank over NCCL).
   int rank = 0;
 #ifdef MOETUNE_HAVE_MPI
   std::unique_ptr<executor::MpiRuntime> mpi;  // finalises MPI after the groups below are freed
+  const bool several = executor::MpiRuntime::launched_with_several_ranks();
+#else
+  const bool several = false;
 #endif
+  const int device = backend_name == "cuda" ? local_device() : 0;
+  std::unique_ptr<executor::Backend> backend = executor::make_backend(backend_name, device);
   executor::ProcessGroups groups;
   executor::ProcessGroups* group_ptr = nullptr;
+  if (several) {
 #ifdef MOETUNE_HAVE_MPI
-  if (executor::MpiRuntime::launched_with_several_ranks()) {
     mpi = std::make_unique<executor::MpiRuntime>(nullptr, nullptr);
-    groups = executor::make_mpi_groups(plan.layout, plan.cluster.devices_per_node);
+    if (backend_name == "cpu") {
+      groups = executor::make_mpi_groups(plan.layout, plan.cluster.devices_per_node);
+    } else {
+      groups = executor::make_device_groups(*backend, plan.layout, plan.cluster.devices_per_node);
+    }
     group_ptr = &groups;
     rank = groups.world->rank();
-  }
 #endif
-  executor::Trainer trainer(plan, t, group_ptr);
+  }
+  executor::Trainer trainer(plan, t, group_ptr, backend.get());
   Progress progress(o, trainer.step(), rank == 0 && !o.quiet && ::isatty(STDERR_FILENO) != 0);
   trainer.run([&](const StepRecord& r) { progress.on_step(r); });
   if (rank != 0) return;
   const std::int64_t ranks = plan.layout.world_size();
-  const std::string where = std::to_string(ranks) + (ranks == 1 ? " rank" : " ranks");
+  std::string where = std::to_string(ranks) + (ranks == 1 ? " rank" : " ranks");
+  if (backend_name == "cuda") where += ranks == 1 ? " on 1 GPU" : " on GPUs";
   progress.summary(plan, trainer.step(), where.c_str());
 }
 
@@ -245,7 +223,7 @@ void register_train(CLI::App& app) {
                   "write config.json + model.safetensors here at the end");
   cmd->add_flag("--quiet", o->quiet, "no progress line");
   cmd->add_option("--backend", o->backend,
-                  "cpu or cuda (one GPU); default: cuda for a plan on a GPU cluster, else cpu")
+                  "cpu or cuda (one GPU per rank); default: cuda for a plan on a GPU cluster, else cpu")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->callback([o, cmd] { run(*o, *cmd); });
 }

@@ -19,6 +19,7 @@
 #include <span>
 #include <string>
 
+#include "core/layout.hpp"
 #include "core/model_spec.hpp"
 #include "core/train_spec.hpp"
 #include "executor/comm/communicator.hpp"
@@ -224,6 +225,11 @@ std::unique_ptr<Backend> make_cpu_backend();
 std::unique_ptr<Backend> make_cuda_backend(int device);
 // "cpu" or "cuda".
 std::unique_ptr<Backend> make_backend(const std::string& name, int device = 0);
+// Every group of `layout` for this MPI rank over the device's own collectives (NCCL for the CUDA
+// backend, bootstrapped through MPI, ordered on the backend's stream). MPI must be initialised.
+// Throws InputError where this build has no such collectives.
+ProcessGroups make_device_groups(Backend& backend, const Layout& layout,
+                                 std::int64_t devices_per_node);
 
 // n elements of one type from a backend, returned to it on destruction. A buffer that holds a
 // varying number of rows (expert parallelism) keeps its largest allocation: resize() only

@@ -61,16 +61,26 @@ class ModelContext {
     return static_cast<std::size_t>(elems) * dtype_size(act);
   }
 
+  // y[n, dout] = x[n, din] W^T with W [dout, din] (Hugging Face's Linear layout), act.
+  void linear_forward(void* y, const void* x, const void* w, std::int64_t n, std::int64_t din,
+                      std::int64_t dout);
+  // dW[dout, din] (fp32) += dy^T x; dx[n, din] = dy W (dx_beta 0) or += (1); dx may be null.
+  void linear_backward(void* dx, float* dw, const void* dy, const void* x, const void* w,
+                       std::int64_t n, std::int64_t din, std::int64_t dout, float dx_beta);
+
   // Sequence parallelism. gather_sequence: this rank's chunk [nl, d] over the whole sequence
   // [n, d]: the chunk itself with tp = 1, else all-gathered into a staging buffer that stays
   // valid until the next gather. scatter_sequence: partial sums [n, d] reduce-scattered into
   // this rank's chunk (a copy with tp = 1).
   const void* gather_sequence(const void* local);
   void scatter_sequence(const void* partial, void* local);
+  // Partial [n, d] gradients of a norm output, as this rank's [nl, d] chunk: themselves with
+  // tp = 1, else reduce-scattered into norm_local().
+  const void* to_local(const void* full_partial);
   // The staging buffer for partial sums [n, d] (tp > 1) that scatter_sequence reads.
   void* partial() { return partial_.data(); }
-  // [n, d] staging for an output gradient gathered over tp, or a norm gradient before its
-  // reduce-scatter (tp > 1).
+  // [nl, d] staging for a norm input's gradient reduce-scattered from [n, d] partial sums
+  // (tp > 1).
   void* norm_local() { return norm_local_.data(); }
 
  private:
