@@ -190,7 +190,10 @@ void* CudaBackend::allocate(std::size_t bytes) {
 
 void CudaBackend::release(void* p, std::size_t bytes) {
   if (p == nullptr) return;
-  bind();
+  // Buffers release from destructors, also while an exception unwinds: no throwing here, so
+  // the device is selected without CUDA_CHECK (a failure shows up at the next checked call).
+  int current = -1;
+  if (cudaGetDevice(&current) == cudaSuccess && current != device_) cudaSetDevice(device_);
   alloc_.release(p, std::max<std::size_t>(bytes, 1));
 }
 
