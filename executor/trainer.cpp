@@ -161,14 +161,17 @@ void Trainer::initialise() {
   }
   adam_m_.resize(be, adam_floats, DType::F32);
   adam_v_.resize(be, adam_floats, DType::F32);
-  std::vector<float> state(static_cast<std::size_t>(state_floats()));
   if (sharded_) {
-    take_shards(units_, hs_rank_, host.data(), state.data());
-  } else {
-    state.swap(host);
+    std::vector<float> shards(static_cast<std::size_t>(state_floats()));
+    take_shards(units_, hs_rank_, host.data(), shards.data());
+    host.swap(shards);
   }
-  const std::vector<float> zeros(state.size(), 0.0f);
-  set_state(state, zeros, zeros);
+  be.copy_from_host(state_params(), host.data(), host.size() * sizeof(float));
+  if (void* working = state_working(); working != nullptr) {
+    be.cast(working, act, state_params(), DType::F32, state_floats());
+  }
+  be.zero(adam_m_.data(), adam_m_.bytes());
+  be.zero(adam_v_.data(), adam_v_.bytes());
 
   // Segments of the gradient norm: elements [index, index + count) of unit u's part of the
   // state vector, found at `at`, split by the tensors they overlap.
