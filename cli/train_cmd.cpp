@@ -46,13 +46,22 @@ Plan plan_from_flags(const TrainCmdOptions& o) {
   if (!setup.nodes) setup.nodes = 1;
   if (!setup.devices_per_node && setup.cluster == "cpu-local") setup.devices_per_node = 1;
   const Setup s = load_setup(setup);
-  LayoutOptions layout = o.layout;
-  if (!layout.micro_batch) layout.micro_batch = s.train.global_batch;  // no accumulation
   Plan plan;
   plan.model = s.model;
   plan.cluster = s.cluster;
   plan.train = s.train;
-  plan.layout = to_layout(layout, s.cluster);
+  plan.layout = to_layout(o.layout, s.cluster);
+  if (!o.layout.micro_batch) {
+    // No accumulation: each data-parallel rank takes its share of the global batch at once.
+    const std::int64_t dp = plan.layout.dp();
+    if (s.train.global_batch % dp != 0) {
+      throw InputError("the global batch of " + std::to_string(s.train.global_batch) +
+                       " sequences does not split over " + std::to_string(dp) +
+                       " data-parallel ranks; give --global-batch a multiple of " +
+                       std::to_string(dp) + " or set --micro-batch");
+    }
+    plan.layout.micro_batch = s.train.global_batch / dp;
+  }
   return plan;
 }
 

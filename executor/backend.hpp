@@ -225,11 +225,17 @@ std::unique_ptr<Backend> make_cpu_backend();
 std::unique_ptr<Backend> make_cuda_backend(int device);
 // "cpu" or "cuda".
 std::unique_ptr<Backend> make_backend(const std::string& name, int device = 0);
+// Refuses, with one line, a model the named backend cannot run (its kernels' limits), without
+// needing the device itself: what `moetune launch` checks before it writes a script.
+void check_backend_supports(const std::string& name, const ModelSpec& model,
+                            const MoeOptions& moe);
 // Every group of `layout` for this MPI rank over the device's own collectives (NCCL for the CUDA
 // backend, bootstrapped through MPI, ordered on the backend's stream). MPI must be initialised.
 // Throws InputError where this build has no such collectives.
 ProcessGroups make_device_groups(Backend& backend, const Layout& layout,
                                  std::int64_t devices_per_node);
+// Whether this build has them (make_device_groups does not throw for that reason).
+bool device_groups_available();
 
 // n elements of one type from a backend, returned to it on destruction. A buffer that holds a
 // varying number of rows (expert parallelism) keeps its largest allocation: resize() only

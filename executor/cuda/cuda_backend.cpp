@@ -112,6 +112,10 @@ cudaStream_t CudaBackend::bind() const {
 }
 
 void CudaBackend::check_supported(const ModelSpec& model, const MoeOptions& moe) const {
+  check_cuda_supported(model, moe);
+}
+
+void check_cuda_supported(const ModelSpec& model, const MoeOptions& moe) {
   const std::int64_t e = model.num_local_experts, k = model.num_experts_per_tok;
   if (e > kc::kMaxExperts || k > kc::kMaxTopK) {
     throw InputError("the CUDA router takes at most " + std::to_string(kc::kMaxExperts) +

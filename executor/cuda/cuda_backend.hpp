@@ -19,6 +19,10 @@
 
 namespace moetune::executor::gpu {
 
+// What CudaBackend::check_supported refuses, without a GPU: kernel limits on experts, top-k,
+// Sinkhorn and head_dim (InputError, one line).
+void check_cuda_supported(const ModelSpec& model, const MoeOptions& moe);
+
 class CudaBackend final : public Backend {
  public:
   // Selects GPU `device` (InputError, one line, when there is none) and creates the stream, the
