@@ -203,16 +203,21 @@ class InprocCommunicator final : public Communicator {
     group_->barrier(rank_, inproc::op_name(op), /*opens_phase=*/false);
   }
 
+  // Every member evaluates the same slots, so all of them throw or none does.
   void check_peers(Op op) const {
     const std::vector<Slot>& s = group_->slots();
     const Slot& first = s.front();
-    const std::string name = std::string("inproc ") + inproc::op_name(op);
+    const std::string name = std::string("inproc ") + inproc::op_name(op) + ": group rank ";
+    // First that everyone called this collective: only then are the slots' fields comparable
+    // (a peer in another collective has, say, no all_to_all counts).
     for (std::size_t p = 0; p < s.size(); ++p) {
-      const std::string who = name + ": group rank " + std::to_string(p);
       if (s[p].op != op) {
-        throw InternalError(who + " called " + inproc::op_name(s[p].op) +
+        throw InternalError(name + std::to_string(p) + " called " + inproc::op_name(s[p].op) +
                             " (ranks called different collectives)");
       }
+    }
+    for (std::size_t p = 0; p < s.size(); ++p) {
+      const std::string who = name + std::to_string(p);
       if (s[p].type != first.type) throw InternalError(who + " passed another dtype");
       if (op != Op::AllToAll && s[p].count != first.count) {
         throw InternalError(who + " passed count " + std::to_string(s[p].count) + ", rank 0 " +

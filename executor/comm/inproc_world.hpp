@@ -26,7 +26,6 @@
 #include "core/error.hpp"
 #include "core/layout.hpp"
 #include "executor/comm/dtype.hpp"
-#include "executor/comm/inproc_communicator.hpp"
 
 namespace moetune::executor::inproc {
 

@@ -137,6 +137,19 @@ TEST_CASE("inproc: ranks that call different collectives are told so", "[executo
     };
     REQUIRE_THROWS_WITH(f.run(body), Contains("ranks called different collectives"));
   }
+  SECTION("all_to_all on two ranks, all_reduce on the third") {
+    // Ranks 0 and 1 must not read rank 2's all_to_all counts: it has none.
+    auto body = [](int rank, ProcessGroups& g) {
+      std::vector<float> x(3, 1.f), y(3);
+      const std::vector<std::int64_t> ones(3, 1);
+      if (rank == 2) {
+        g.world->all_reduce(x.data(), 3);
+      } else {
+        g.world->all_to_all(x.data(), ones, y.data(), ones);
+      }
+    };
+    REQUIRE_THROWS_WITH(f.run(body), Contains("ranks called different collectives"));
+  }
   SECTION("all_to_all counts that do not agree pairwise") {
     auto body = [](int rank, ProcessGroups& g) {
       std::vector<std::int64_t> sc(3, 1), rc(3, 1);
