@@ -167,7 +167,8 @@ void run(const LaunchOptions& o) {
     text += "#SBATCH --output=" + shell_quote(job + "-%j.out") + "\n";
     text += "set -euo pipefail\n";
     if (gpu) {
-      text += "# One rank per GPU: each takes GPU $SLURM_LOCALID; NCCL is bootstrapped through MPI,\n";
+      text +=
+          "# One rank per GPU: each takes GPU $SLURM_LOCALID; NCCL is bootstrapped through MPI,\n";
       text += "# which srun starts with PMIx.\n";
     }
     text += "srun --mpi=pmix " + join_quoted(train_command(o, plan_path, backend)) + "\n";

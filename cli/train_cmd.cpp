@@ -6,13 +6,17 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <optional>
+#include <thread>
 
 #include "cli/commands.hpp"
 #include "cli/common.hpp"
 #include "core/error.hpp"
-#include "executor/batches.hpp"
 #include "executor/backend.hpp"
+#include "executor/batches.hpp"
+#include "executor/comm/inproc_communicator.hpp"
 #include "executor/trainer.hpp"
+#include "kernels/cpu/parallel.hpp"
 #ifdef MOETUNE_HAVE_MPI
 #include "executor/comm/mpi_communicator.hpp"
 #endif
@@ -30,7 +34,8 @@ struct TrainCmdOptions {
   std::int64_t checkpoint_every = 0;
   bool resume = false;
   bool quiet = false;
-  std::string backend;  // cpu or cuda; empty: cuda for a GPU plan, else cpu
+  bool in_process = false;  // the plan's ranks as threads of this process
+  std::string backend;      // cpu or cuda; empty: cuda for a GPU plan, else cpu
 };
 
 std::string clock_text(double seconds) {
@@ -166,6 +171,44 @@ int local_device() {
   return 0;
 }
 
+std::string where_text(const Plan& plan, const std::string& backend, bool in_process) {
+  const std::int64_t ranks = plan.layout.world_size();
+  std::string where = std::to_string(ranks) + (ranks == 1 ? " rank" : " ranks");
+  if (in_process && ranks > 1) where += " in one process";
+  if (backend == "cuda") where += ranks == 1 || in_process ? " on 1 GPU" : " on GPUs";
+  return where;
+}
+
+// --in-process: the plan's W ranks as W threads of this process, each with its own backend (on
+// the CUDA backend all on GPU 0, each with its own stream), talking through the in-process
+// communicator: a multi-rank plan on one machine without MPI, or on one GPU.
+void run_in_process(const TrainCmdOptions& o, const Plan& plan, const std::string& backend_name,
+                    const executor::TrainOptions& t) {
+  const int w = static_cast<int>(plan.layout.world_size());
+  if (backend_name == "cpu") {
+    // The ranks share this machine's cores.
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    kernels::cpu::set_kernel_threads(std::max(1, cores / w));
+  }
+  executor::InprocWorld world(w);
+  std::optional<Progress> progress;
+  std::int64_t last_step = 0;
+  executor::run_inproc_ranks(world, [&](int rank) {
+    const std::unique_ptr<executor::Backend> backend = executor::make_backend(backend_name, 0);
+    executor::ProcessGroups groups = executor::make_inproc_groups(
+        world, plan.layout, plan.cluster.devices_per_node, rank, backend.get());
+    executor::Trainer trainer(plan, t, &groups, backend.get());
+    if (rank != 0) {
+      trainer.run();
+      return;
+    }
+    progress.emplace(o, trainer.step(), !o.quiet && ::isatty(STDERR_FILENO) != 0);
+    trainer.run([&](const StepRecord& r) { progress->on_step(r); });
+    last_step = trainer.step();
+  });
+  progress->summary(plan, last_step, where_text(plan, backend_name, true).c_str());
+}
+
 void run(const TrainCmdOptions& o, const CLI::App& cmd) {
   if (o.plan.empty() == o.setup.model.empty()) {
     throw InputError("train needs either --plan FILE or --model M");
@@ -174,6 +217,10 @@ void run(const TrainCmdOptions& o, const CLI::App& cmd) {
   const bool gpu_plan = plan.cluster.device.kind == DeviceKind::Gpu;
   const std::string backend_name = !o.backend.empty() ? o.backend : (gpu_plan ? "cuda" : "cpu");
   const executor::TrainOptions t = train_options(o);
+  if (o.in_process) {
+    run_in_process(o, plan, backend_name, t);
+    return;
+  }
   // A plan for several ranks trains under MPI: `mpirun -np W moetune train --plan plan.json`,
   // each rank on its own backend (CPU ranks over MPI; one GPU per rank over NCCL).
   int rank = 0;
@@ -203,10 +250,7 @@ void run(const TrainCmdOptions& o, const CLI::App& cmd) {
   Progress progress(o, trainer.step(), rank == 0 && !o.quiet && ::isatty(STDERR_FILENO) != 0);
   trainer.run([&](const StepRecord& r) { progress.on_step(r); });
   if (rank != 0) return;
-  const std::int64_t ranks = plan.layout.world_size();
-  std::string where = std::to_string(ranks) + (ranks == 1 ? " rank" : " ranks");
-  if (backend_name == "cuda") where += ranks == 1 ? " on 1 GPU" : " on GPUs";
-  progress.summary(plan, trainer.step(), where.c_str());
+  progress.summary(plan, trainer.step(), where_text(plan, backend_name, false).c_str());
 }
 
 }  // namespace
@@ -231,8 +275,11 @@ void register_train(CLI::App& app) {
   cmd->add_option("--export-hf", o->export_hf,
                   "write config.json + model.safetensors here at the end");
   cmd->add_flag("--quiet", o->quiet, "no progress line");
-  cmd->add_option("--backend", o->backend,
-                  "cpu or cuda (one GPU per rank); default: cuda for a plan on a GPU cluster, else cpu")
+  cmd->add_flag("--in-process", o->in_process,
+                "run the plan's ranks as threads of this process (CPU, or all on GPU 0)");
+  cmd->add_option(
+         "--backend", o->backend,
+         "cpu or cuda (one GPU per rank); default: cuda for a plan on a GPU cluster, else cpu")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->callback([o, cmd] { run(*o, *cmd); });
 }

@@ -30,8 +30,8 @@ AttentionBlock::AttentionBlock(ModelContext& c) : c_(c) {
   c.be.rope_table(rope_cos_.f32(), rope_sin_.f32(), m.s, m.head_dim, c.model.rope_theta);
 }
 
-void AttentionBlock::forward(AttentionActs& a, const void* x_in, void* x_mid,
-                             const LayerOffsets& o, ParameterAccess& p) {
+void AttentionBlock::forward(AttentionActs& a, const void* x_in, void* x_mid, const LayerOffsets& o,
+                             ParameterAccess& p) {
   Backend& be = c_.be;
   const ModelDims& m = c_.dims;
   auto phase = c_.phase("attention");
@@ -41,12 +41,11 @@ void AttentionBlock::forward(AttentionActs& a, const void* x_in, void* x_mid,
   c_.linear_forward(a.q.data(), h, p.param(o.q), m.n, m.d, m.ql);
   c_.linear_forward(a.k.data(), h, p.param(o.k), m.n, m.d, m.kvl);
   c_.linear_forward(a.v.data(), h, p.param(o.v), m.n, m.d, m.kvl);
-  be.rope_forward(a.q.data(), rope_cos_.f32(), rope_sin_.f32(), 0, m.b, m.s, m.heads,
-                  m.head_dim);
+  be.rope_forward(a.q.data(), rope_cos_.f32(), rope_sin_.f32(), 0, m.b, m.s, m.heads, m.head_dim);
   be.rope_forward(a.k.data(), rope_cos_.f32(), rope_sin_.f32(), 0, m.b, m.s, m.kv_heads,
                   m.head_dim);
-  be.attention_forward(a.ctx.data(), a.saved.data(), a.q.data(), a.k.data(), a.v.data(), m.b,
-                       m.s, m.heads, m.kv_heads, m.head_dim, c_.model.sliding_window);
+  be.attention_forward(a.ctx.data(), a.saved.data(), a.q.data(), a.k.data(), a.v.data(), m.b, m.s,
+                       m.heads, m.kv_heads, m.head_dim, c_.model.sliding_window);
   // x_mid = x_in + ctx Wo^T (row-parallel: partial sums over tp, reduce-scattered).
   if (c_.tp_size == 1) {
     c_.linear_forward(x_mid, a.ctx.data(), p.param(o.o), m.n, m.ql, m.d);
@@ -65,8 +64,8 @@ void AttentionBlock::backward(const AttentionActs& a, const void* x_in, const vo
   auto phase = c_.phase("attention");
   const void* dmid = c_.gather_sequence(dx_mid);  // [n, d]
   c_.linear_backward(g.dctx, p.grad(o.o), dmid, a.ctx.data(), p.param(o.o), m.n, m.ql, m.d, 0.0f);
-  be.attention_backward(g.dq, g.dk, g.dv, g.dctx, a.q.data(), a.k.data(), a.v.data(),
-                        a.ctx.data(), a.saved.data(), m.b, m.s, m.heads, m.kv_heads, m.head_dim,
+  be.attention_backward(g.dq, g.dk, g.dv, g.dctx, a.q.data(), a.k.data(), a.v.data(), a.ctx.data(),
+                        a.saved.data(), m.b, m.s, m.heads, m.kv_heads, m.head_dim,
                         c_.model.sliding_window);
   be.rope_backward(g.dq, rope_cos_.f32(), rope_sin_.f32(), 0, m.b, m.s, m.heads, m.head_dim);
   be.rope_backward(g.dk, rope_cos_.f32(), rope_sin_.f32(), 0, m.b, m.s, m.kv_heads, m.head_dim);

@@ -72,8 +72,7 @@ class Backend : public DeviceMemory {
   // x *= s (fp32).
   virtual void scale(float* x, std::int64_t n, double s) = 0;
   // dst[n] (dst_type) = src[n] (src_type), F32 <-> act; the same type copies.
-  virtual void cast(void* dst, DType dst_type, const void* src, DType src_type,
-                    std::int64_t n) = 0;
+  virtual void cast(void* dst, DType dst_type, const void* src, DType src_type, std::int64_t n) = 0;
 
   // --- Experts: SwiGLU over `experts` groups of rows, counts_host[g] rows each, in order.
   // x[R,D] act; w1, w3 [E,F,D] and w2 [E,D,F] act (working weights); h1, h3, act_out [R,F] and
@@ -83,9 +82,9 @@ class Backend : public DeviceMemory {
                                       const std::int64_t* counts_host, std::int64_t experts,
                                       std::int64_t d, std::int64_t f) = 0;
   virtual void swiglu_grouped_backward(void* dx, float* dw1, float* dw3, float* dw2, void* dh1,
-                                       void* dh3, const void* dout, const void* x,
-                                       const void* h1, const void* h3, const void* act_in,
-                                       const void* w1, const void* w3, const void* w2,
+                                       void* dh3, const void* dout, const void* x, const void* h1,
+                                       const void* h3, const void* act_in, const void* w1,
+                                       const void* w3, const void* w2,
                                        const std::int64_t* counts_host, std::int64_t experts,
                                        std::int64_t d, std::int64_t f) = 0;
 
@@ -105,8 +104,8 @@ class Backend : public DeviceMemory {
                             std::int64_t start_pos, std::int64_t b, std::int64_t s, std::int64_t h,
                             std::int64_t head_dim) = 0;
   virtual void rope_backward(void* dx, const float* cos_table, const float* sin_table,
-                             std::int64_t start_pos, std::int64_t b, std::int64_t s,
-                             std::int64_t h, std::int64_t head_dim) = 0;
+                             std::int64_t start_pos, std::int64_t b, std::int64_t s, std::int64_t h,
+                             std::int64_t head_dim) = 0;
 
   // --- Causal grouped-query attention (sliding window when window > 0): q[B,S,Hq,Dh],
   // k, v [B,S,Hkv,Dh], out [B,S,Hq,Dh]. `saved` (attention_saved_bytes) is what the forward
@@ -118,24 +117,23 @@ class Backend : public DeviceMemory {
                                  std::int64_t hkv, std::int64_t dh, std::int64_t window) = 0;
   // dq, dk, dv written.
   virtual void attention_backward(void* dq, void* dk, void* dv, const void* dout, const void* q,
-                                  const void* k, const void* v, const void* out,
-                                  const void* saved, std::int64_t b, std::int64_t s,
-                                  std::int64_t hq, std::int64_t hkv, std::int64_t dh,
-                                  std::int64_t window) = 0;
+                                  const void* k, const void* v, const void* out, const void* saved,
+                                  std::int64_t b, std::int64_t s, std::int64_t hq, std::int64_t hkv,
+                                  std::int64_t dh, std::int64_t window) = 0;
 
   // --- Router (fp32). Softmax over E, top-k (indices int32), Mixtral's renormalised top-k
   // weights when `normalize`. Backward writes dlogits; dprobs (may be null) is the gradient
   // reaching the probabilities from the load-balancing loss.
   virtual void router_forward(float* probs, std::int32_t* topk_idx, float* topk_w,
-                              const float* logits, std::int64_t n, std::int64_t e,
-                              std::int64_t k, bool normalize) = 0;
+                              const float* logits, std::int64_t n, std::int64_t e, std::int64_t k,
+                              bool normalize) = 0;
   virtual void router_backward(float* dlogits, const float* dtopk_w, const float* dprobs,
                                const float* probs, const std::int32_t* topk_idx, std::int64_t n,
                                std::int64_t e, std::int64_t k, bool normalize) = 0;
   // Sinkhorn-balanced top-k (Megatron's): scores [N,E] kept for the backward.
   virtual void sinkhorn_forward(float* scores, std::int32_t* topk_idx, float* topk_w,
-                                const float* logits, std::int64_t n, std::int64_t e,
-                                std::int64_t k, double tol, std::int64_t max_iters) = 0;
+                                const float* logits, std::int64_t n, std::int64_t e, std::int64_t k,
+                                double tol, std::int64_t max_iters) = 0;
   virtual void sinkhorn_backward(float* dlogits, const float* dtopk_w, const float* scores,
                                  const std::int32_t* topk_idx, std::int64_t n, std::int64_t e,
                                  std::int64_t k) = 0;
@@ -144,14 +142,12 @@ class Backend : public DeviceMemory {
                                    const std::int32_t* topk_idx, std::int64_t n, std::int64_t e,
                                    std::int64_t k) = 0;
   // dprobs[N,E] += the gradient of E * sum_e f_e P_e over n_tokens tokens, times dloss.
-  virtual void aux_loss_backward(float* dprobs, const std::int64_t* counts,
-                                 std::int64_t n_tokens, std::int64_t n, std::int64_t e,
-                                 double dloss) = 0;
+  virtual void aux_loss_backward(float* dprobs, const std::int64_t* counts, std::int64_t n_tokens,
+                                 std::int64_t n, std::int64_t e, double dloss) = 0;
   // z-loss: sum[0] += mean over rows of logsumexp^2; backward dlogits += dloss * its gradient.
-  virtual void z_loss_forward(double* sum, const float* logits, std::int64_t n,
-                              std::int64_t e) = 0;
-  virtual void z_loss_backward(float* dlogits, const float* logits, std::int64_t n,
-                               std::int64_t e, double dloss) = 0;
+  virtual void z_loss_forward(double* sum, const float* logits, std::int64_t n, std::int64_t e) = 0;
+  virtual void z_loss_backward(float* dlogits, const float* logits, std::int64_t n, std::int64_t e,
+                               double dloss) = 0;
 
   // --- Token permutation (kernels/cpu/permute.hpp's definitions): the dispatch plan (stable in
   // token order within each expert; capacity 0 keeps all) writes counts[E], offsets[E+1]
@@ -205,8 +201,8 @@ class Backend : public DeviceMemory {
                                      std::int64_t n, std::int64_t parts) = 0;
   // dlogits (may alias logits) = scale * (softmax - one_hot(target)), 0 on ignored rows.
   virtual void cross_entropy_backward(void* dlogits, const void* logits, const float* lse,
-                                      const std::int32_t* targets, std::int64_t n,
-                                      std::int64_t vl, std::int64_t first, double scale) = 0;
+                                      const std::int32_t* targets, std::int64_t n, std::int64_t vl,
+                                      std::int64_t first, double scale) = 0;
 
   // --- Optimizer. AdamW on fp32 param/m/v with grad * grad_scale; `working` (may be null, act)
   // receives the updated parameters in the working type.
@@ -227,8 +223,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device);
 std::unique_ptr<Backend> make_backend(const std::string& name, int device = 0);
 // Refuses, with one line, a model the named backend cannot run (its kernels' limits), without
 // needing the device itself: what `moetune launch` checks before it writes a script.
-void check_backend_supports(const std::string& name, const ModelSpec& model,
-                            const MoeOptions& moe);
+void check_backend_supports(const std::string& name, const ModelSpec& model, const MoeOptions& moe);
 // Every group of `layout` for this MPI rank over the device's own collectives (NCCL for the CUDA
 // backend, bootstrapped through MPI, ordered on the backend's stream). MPI must be initialised.
 // Throws InputError where this build has no such collectives.

@@ -135,8 +135,7 @@ class CpuBackend final : public Backend {
       o[i] = x[i] + y[i];
   }
   void scale(float* x, std::int64_t n, double s) override { k::scale_inplace<float>(x, n, s); }
-  void cast(void* dst, DType dst_type, const void* src, DType src_type,
-            std::int64_t n) override {
+  void cast(void* dst, DType dst_type, const void* src, DType src_type, std::int64_t n) override {
     if (dst_type == src_type) {
       copy(dst, src, static_cast<std::size_t>(n) * dtype_size(dst_type));
     } else if (dst_type == DType::BF16 && src_type == DType::F32) {
@@ -150,8 +149,8 @@ class CpuBackend final : public Backend {
 
   void swiglu_grouped_forward(void* out, void* h1, void* h3, void* act_out, const void* x,
                               const void* w1, const void* w3, const void* w2,
-                              const std::int64_t* counts_host, std::int64_t experts,
-                              std::int64_t d, std::int64_t f) override {
+                              const std::int64_t* counts_host, std::int64_t experts, std::int64_t d,
+                              std::int64_t f) override {
     k::swiglu_grouped_forward<float>(F(out), F(h1), F(h3), F(act_out), F(x), F(w1), F(w3), F(w2),
                                      counts_host, experts, d, f);
   }
@@ -175,12 +174,12 @@ class CpuBackend final : public Backend {
     k::rmsnorm_backward<float>(F(din), dweight, F(dout), F(in), F(weight), rstd, n, d);
   }
 
-  void rope_table(float* cos_table, float* sin_table, std::int64_t positions,
-                  std::int64_t head_dim, double theta) override {
+  void rope_table(float* cos_table, float* sin_table, std::int64_t positions, std::int64_t head_dim,
+                  double theta) override {
     k::rope_table<float>(cos_table, sin_table, positions, head_dim, theta);
   }
-  void rope_forward(void* x, const float* cos_table, const float* sin_table,
-                    std::int64_t start_pos, std::int64_t b, std::int64_t s, std::int64_t h,
+  void rope_forward(void* x, const float* cos_table, const float* sin_table, std::int64_t start_pos,
+                    std::int64_t b, std::int64_t s, std::int64_t h,
                     std::int64_t head_dim) override {
     k::rope_forward<float>(F(x), F(x), cos_table, sin_table, start_pos + s, nullptr, start_pos, b,
                            s, h, head_dim);
@@ -297,9 +296,8 @@ class CpuBackend final : public Backend {
       }
     }
   }
-  void embedding_backward(float* dtable, const void* dout, const std::int32_t* ids,
-                          std::int64_t n, std::int64_t first, std::int64_t rows,
-                          std::int64_t d) override {
+  void embedding_backward(float* dtable, const void* dout, const std::int32_t* ids, std::int64_t n,
+                          std::int64_t first, std::int64_t rows, std::int64_t d) override {
     const float* g = F(dout);
     for (std::int64_t i = 0; i < n; ++i) {
       const std::int64_t row = ids[i] - first;
@@ -319,14 +317,13 @@ class CpuBackend final : public Backend {
         const float* row = x + i * vl;  // [vl]
         lse_part[i] = static_cast<float>(row_logsumexp(row, vl));
         const std::int64_t t = targets[i] - first;
-        target_logit[i] =
-            targets[i] != k::kIgnoreIndex && t >= 0 && t < vl ? row[t] : 0.0f;
+        target_logit[i] = targets[i] != k::kIgnoreIndex && t >= 0 && t < vl ? row[t] : 0.0f;
       }
     });
   }
   void cross_entropy_combine(float* lse, float* losses, const float* lse_parts,
-                             const float* target_logit, const std::int32_t* targets,
-                             std::int64_t n, std::int64_t parts) override {
+                             const float* target_logit, const std::int32_t* targets, std::int64_t n,
+                             std::int64_t parts) override {
     for (std::int64_t i = 0; i < n; ++i) {
       double value = lse_parts[i];
       if (parts > 1) {
@@ -372,9 +369,8 @@ class CpuBackend final : public Backend {
                   double grad_scale) override {
     MOETUNE_CHECK(working == nullptr || working == param,
                   "the CPU backend computes with the fp32 master itself");
-    k::adamw_step<float>(param, m, v, grad, n,
-                         {hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay}, step,
-                         grad_scale);
+    k::adamw_step<float>(param, m, v, grad, n, {hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay},
+                         step, grad_scale);
   }
   void sum_of_squares(const float* x, std::span<const SquareSegment> segments, double* sums_host,
                       int classes) override {

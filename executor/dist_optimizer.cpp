@@ -12,8 +12,7 @@ std::size_t bytes(std::int64_t floats) {
 }  // namespace
 
 DistributedOptimizer::DistributedOptimizer(Backend& be, const std::vector<ShardUnit>& units,
-                                           bool sharded, Communicator& dense,
-                                           Communicator& expert)
+                                           bool sharded, Communicator& dense, Communicator& expert)
     : be_(be) {
   std::int64_t staging = 0;
   for (std::size_t i = 0; i < units.size(); ++i) {

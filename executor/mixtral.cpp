@@ -253,8 +253,8 @@ void MixtralModel::embed_backward(ParameterAccess& access) {
   auto phase = c_.phase("lm_head");
   // This rank's vocabulary rows get the gradient of the tokens that use them.
   const void* dx = c_.gather_sequence(dx_.data());
-  c_.be.embedding_backward(access.grad(layout_.embedding()), dx, ids_.i32(), m.n,
-                           c_.tp_rank * m.vl, m.vl, m.d);
+  c_.be.embedding_backward(access.grad(layout_.embedding()), dx, ids_.i32(), m.n, c_.tp_rank * m.vl,
+                           m.vl, m.d);
 }
 
 void MixtralModel::head_forward(ParameterAccess& access, MicroBatchLoss& loss) {
@@ -263,8 +263,8 @@ void MixtralModel::head_forward(ParameterAccess& access, MicroBatchLoss& loss) {
   auto phase = c_.phase("lm_head");
   be.rmsnorm_forward(hf_.data(), rstd_f_.f32(), x_final_.data(), access.param(layout_.final_norm()),
                      m.nl, m.d, c_.model.rms_norm_eps);
-  c_.linear_forward(logits_.data(), c_.gather_sequence(hf_.data()),
-                    access.param(layout_.lm_head()), m.n, m.d, m.vl);
+  c_.linear_forward(logits_.data(), c_.gather_sequence(hf_.data()), access.param(layout_.lm_head()),
+                    m.n, m.d, m.vl);
   // Cross-entropy over the vocabulary split over tp: each rank's log-sum-exp of its columns,
   // combined over the ranks; the target's logit comes from the rank that holds it.
   be.cross_entropy_partial(lse_.f32(), target_loss_.f32(), logits_.data(), targets_.i32(), m.n,

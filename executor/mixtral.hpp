@@ -40,9 +40,8 @@ class MixtralModel {
   // `recompute`: full activation recompute — forward keeps only each layer's input, and
   // backward runs each layer's forward again before its backward (the same numbers, less
   // memory).
-  MixtralModel(Backend& backend, const ModelSpec& model, const MoeOptions& moe,
-               std::int64_t batch, std::int64_t seq_len, ModelParallel parallel = {},
-               bool recompute = false);
+  MixtralModel(Backend& backend, const ModelSpec& model, const MoeOptions& moe, std::int64_t batch,
+               std::int64_t seq_len, ModelParallel parallel = {}, bool recompute = false);
   MixtralModel(const MixtralModel&) = delete;
   MixtralModel& operator=(const MixtralModel&) = delete;
 
@@ -64,8 +63,7 @@ class MixtralModel {
   // loss is this micro-batch's own (per micro-batch, as Megatron), scaled alike.
   void backward(ParameterAccess& access, double loss_scale);
   // The same over whole working weights (the backend's memory; on the CPU the fp32 parameters).
-  MicroBatchLoss forward(const void* working, const std::int32_t* ids,
-                         const std::int32_t* targets);
+  MicroBatchLoss forward(const void* working, const std::int32_t* ids, const std::int32_t* targets);
   void backward(const void* working, float* grads, double loss_scale);
 
   // The logits [B*S, V/tp] of the last forward, as fp32 on the host.

@@ -70,7 +70,8 @@ void ModelContext::linear_backward(void* dx, float* dw, const void* dy, const vo
                                    const void* w, std::int64_t n, std::int64_t din,
                                    std::int64_t dout, float dx_beta) {
   be.gemm(true, false, dout, din, n, 1.0f, dy, dout, x, din, 1.0f, dw, DType::F32, din);
-  if (dx != nullptr) be.gemm(false, false, n, din, dout, 1.0f, dy, dout, w, din, dx_beta, dx, act, din);
+  if (dx != nullptr)
+    be.gemm(false, false, n, din, dout, 1.0f, dy, dout, w, din, dx_beta, dx, act, din);
 }
 
 const void* ModelContext::to_local(const void* full_partial) {

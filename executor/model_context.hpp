@@ -31,8 +31,8 @@ struct ModelDims {
 
 class ModelContext {
  public:
-  ModelContext(Backend& backend, const ModelSpec& model, const MoeOptions& moe,
-               std::int64_t batch, std::int64_t seq_len, ModelParallel parallel);
+  ModelContext(Backend& backend, const ModelSpec& model, const MoeOptions& moe, std::int64_t batch,
+               std::int64_t seq_len, ModelParallel parallel);
 
   Backend& be;
   const ModelSpec model;

@@ -157,10 +157,10 @@ void ShardedParameters::gather(std::int64_t group, int slot) {
   auto* out = static_cast<char*>(slots_[slot].data());
   for (std::int64_t u : groups_[static_cast<std::size_t>(group)]) {
     const ShardUnit& unit = units_[static_cast<std::size_t>(u)];
-    hs_.all_gather(shards + static_cast<std::size_t>(unit.shard_offset) * elem,
-                   out + static_cast<std::size_t>(unit_slot_offset_[static_cast<std::size_t>(u)]) *
-                             elem,
-                   unit.shard, act_);
+    hs_.all_gather(
+        shards + static_cast<std::size_t>(unit.shard_offset) * elem,
+        out + static_cast<std::size_t>(unit_slot_offset_[static_cast<std::size_t>(u)]) * elem,
+        unit.shard, act_);
   }
   slot_group_[slot] = group;
 }

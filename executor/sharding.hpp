@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "core/plan.hpp"
-#include "executor/comm/communicator.hpp"
 #include "executor/backend.hpp"
+#include "executor/comm/communicator.hpp"
 #include "executor/param_access.hpp"
 #include "executor/parameters.hpp"
 

@@ -44,10 +44,9 @@ void check_runnable(const Plan& plan, const std::string& backend, std::int64_t r
                      to_string(plan.train.precision) + ": plan again with --precision bf16");
   }
   if (l.optimizer_offload || l.activation_offload) {
-    throw InputError(
-        "the executor does not offload to host memory yet; this plan offloads the " +
-        std::string(l.optimizer_offload ? "optimizer" : "activations") +
-        ": plan again without offloading");
+    throw InputError("the executor does not offload to host memory yet; this plan offloads the " +
+                     std::string(l.optimizer_offload ? "optimizer" : "activations") +
+                     ": plan again without offloading");
   }
   if (plan.train.moe.force_balanced) {
     throw InputError(
@@ -139,8 +138,8 @@ void Trainer::initialise() {
     hs_size_ = (*groups_)[Group::Hs].size();
     hs_rank_ = (*groups_)[Group::Hs].rank();
     Communicator* tp = plan_.layout.tp > 1 ? &(*groups_)[Group::Tp] : nullptr;
-    sharded_ = std::make_unique<ShardedParameters>(be, layout, plan_.model, (*groups_)[Group::Hs],
-                                                   tp);
+    sharded_ =
+        std::make_unique<ShardedParameters>(be, layout, plan_.model, (*groups_)[Group::Hs], tp);
     units_ = sharded_->units();
   } else {
     units_ = shard_units(layout, plan_.model, 1);
@@ -154,8 +153,8 @@ void Trainer::initialise() {
     Communicator& dense = (*groups_)[Group::DenseReplicate];
     Communicator& expert = (*groups_)[Group::ExpertReplicate];
     if (dense.size() > 1 || expert.size() > 1) {
-      dist_opt_ = std::make_unique<DistributedOptimizer>(be, units_, sharded_ != nullptr, dense,
-                                                         expert);
+      dist_opt_ =
+          std::make_unique<DistributedOptimizer>(be, units_, sharded_ != nullptr, dense, expert);
       adam_floats = dist_opt_->owned_floats();
     }
   }
@@ -402,10 +401,11 @@ void Trainer::optimizer_step(double lr, double clip) {
   }
   for (const DistributedOptimizer::Owned& c : dist_opt_->owned()) {
     if (c.count == 0) continue;
-    void* w = working == nullptr ? nullptr
-                                 : static_cast<char*>(working) + static_cast<std::size_t>(c.at) * elem;
-    be.adamw_step(params + c.at, adam_m_.f32() + c.state, adam_v_.f32() + c.state, grads + c.at,
-                  w, c.count, hp, step_ + 1, clip);
+    void* w = working == nullptr
+                  ? nullptr
+                  : static_cast<char*>(working) + static_cast<std::size_t>(c.at) * elem;
+    be.adamw_step(params + c.at, adam_m_.f32() + c.state, adam_v_.f32() + c.state, grads + c.at, w,
+                  c.count, hp, step_ + 1, clip);
   }
   dist_opt_->all_gather(params);
   if (working != nullptr) be.cast(working, be.act_type(), params, DType::F32, state_floats());

@@ -18,8 +18,7 @@ namespace {
 class AllGatherDispatcher final : public TokenDispatcher {
  public:
   explicit AllGatherDispatcher(ModelContext& c)
-      : TokenDispatcher(c),
-        counts_host_(static_cast<std::size_t>(local_experts_ + 1)) {
+      : TokenDispatcher(c), counts_host_(static_cast<std::size_t>(local_experts_ + 1)) {
     if (c.ep_size == 1) return;
     const ModelDims& m = c.dims;
     const std::int64_t slots = c.ep_size * m.n * m.kk;
@@ -61,8 +60,8 @@ class AllGatherDispatcher final : public TokenDispatcher {
     Backend& be = c_.be;
     const ModelDims& m = c_.dims;
     const std::int64_t tokens = c_.ep_size * m.n, slots = tokens * m.kk;
-    be.localize_routing(local_idx_.i32(), idx_.i32(), nullptr, slots,
-                        c_.ep_rank * local_experts_, local_experts_);
+    be.localize_routing(local_idx_.i32(), idx_.i32(), nullptr, slots, c_.ep_rank * local_experts_,
+                        local_experts_);
     // The sink group (index local_experts_) comes last, so this rank's rows are the first ones.
     be.dispatch_plan(counts_.i64(), offsets_.i64(), a.gathered_slot_row.i64(), row_slot_g_.i64(),
                      local_idx_.i32(), tokens, local_experts_ + 1, m.kk, 0);

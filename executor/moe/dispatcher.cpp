@@ -27,8 +27,7 @@ std::int64_t DispatchActs::bytes() const {
   return static_cast<std::int64_t>(total);
 }
 
-TokenDispatcher::TokenDispatcher(ModelContext& c)
-    : c_(c), local_experts_(c.dims.e / c.ep_size) {
+TokenDispatcher::TokenDispatcher(ModelContext& c) : c_(c), local_experts_(c.dims.e / c.ep_size) {
   row_slot_.resize(c.be, c.dims.n * c.dims.kk, DType::I64);
 }
 

@@ -29,13 +29,13 @@ namespace moetune::executor {
 struct DispatchActs {
   // The plan over this rank's tokens and all e experts (capacity applied here, at the source):
   // rows per expert (also on the host), their offsets, and the permuted row of each slot.
-  Buffer counts;    // [e] int64
-  Buffer offsets;   // [e + 1] int64
-  Buffer slot_row;  // [n * kk] int64, -1 where dropped
+  Buffer counts;                          // [e] int64
+  Buffer offsets;                         // [e + 1] int64
+  Buffer slot_row;                        // [n * kk] int64, -1 where dropped
   std::vector<std::int64_t> counts_host;  // [e]
   std::int64_t rows = 0;                  // slots kept on this rank (R)
   // The local experts' rows, expert-major, and how many each local expert has (host).
-  Buffer xp;  // [expert_rows, d] the experts' input
+  Buffer xp;                               // [expert_rows, d] the experts' input
   std::vector<std::int64_t> local_counts;  // [e / ep]
   std::int64_t expert_rows = 0;
   // The expert outputs that the routing weights' gradient reads: [rows, d] in this rank's
@@ -86,8 +86,7 @@ class TokenDispatcher {
   virtual void combine_postprocess(DispatchActs& a, const RouterActs& r, void* out) = 0;
   virtual const void* remote_combine_backward(DispatchActs& a, const RouterActs& r,
                                               const void* dout, float* dtopk_w, void* dyp) = 0;
-  virtual void remote_dispatch_backward(DispatchActs& a, const void* dx, void* dh,
-                                        void* dxp) = 0;
+  virtual void remote_dispatch_backward(DispatchActs& a, const void* dx, void* dh, void* dxp) = 0;
 
   ModelContext& c_;
   std::int64_t local_experts_;

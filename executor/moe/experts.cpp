@@ -25,8 +25,8 @@ void GroupedExperts::forward(ExpertActs& a, const void* x, void* y,
 void GroupedExperts::backward(const ExpertActs& a, const void* x, const void* dy, void* dx,
                               void* dh1, void* dh3, std::span<const std::int64_t> counts,
                               const LayerOffsets& o, ParameterAccess& p) {
-  c_.be.swiglu_grouped_backward(dx, p.grad(o.w1[0]), p.grad(o.w3[0]), p.grad(o.w2[0]), dh1, dh3,
-                                dy, x, a.h1.data(), a.h3.data(), a.act.data(), p.param(o.w1[0]),
+  c_.be.swiglu_grouped_backward(dx, p.grad(o.w1[0]), p.grad(o.w3[0]), p.grad(o.w2[0]), dh1, dh3, dy,
+                                x, a.h1.data(), a.h3.data(), a.act.data(), p.param(o.w1[0]),
                                 p.param(o.w3[0]), p.param(o.w2[0]), counts.data(),
                                 static_cast<std::int64_t>(counts.size()), c_.dims.d, c_.dims.f);
 }

@@ -33,9 +33,8 @@ class GroupedExperts {
                const LayerOffsets& o, ParameterAccess& p);
   // dx[rows, d] from dy[rows, d]; the experts' weight gradients accumulate. dh1, dh3 [rows, f]
   // are scratch.
-  void backward(const ExpertActs& a, const void* x, const void* dy, void* dx, void* dh1,
-                void* dh3, std::span<const std::int64_t> counts, const LayerOffsets& o,
-                ParameterAccess& p);
+  void backward(const ExpertActs& a, const void* x, const void* dy, void* dx, void* dh1, void* dh3,
+                std::span<const std::int64_t> counts, const LayerOffsets& o, ParameterAccess& p);
 
  private:
   ModelContext& c_;

@@ -9,10 +9,7 @@ std::int64_t MoeActs::bytes() const {
 }
 
 MoeLayer::MoeLayer(ModelContext& c)
-    : c_(c),
-      router_(c),
-      dispatcher_(make_token_dispatcher(c.moe.dispatcher, c)),
-      experts_(c) {}
+    : c_(c), router_(c), dispatcher_(make_token_dispatcher(c.moe.dispatcher, c)), experts_(c) {}
 
 void MoeLayer::allocate(MoeActs& a) {
   const ModelDims& m = c_.dims;

@@ -57,12 +57,13 @@ void Router::forward(RouterActs& a, const void* h, const void* gate, RoutingStat
                              a.topk_idx.i32(), m.n, m.e, m.kk);
     }
   }
-  if (c_.moe.z_loss_coef > 0 && stats != nullptr) be.z_loss_forward(stats->z_sum.f64(), z, m.n, m.e);
+  if (c_.moe.z_loss_coef > 0 && stats != nullptr)
+    be.z_loss_forward(stats->z_sum.f64(), z, m.n, m.e);
 }
 
 void Router::backward(const RouterActs& a, const float* dtopk_w, const void* h, const void* gate,
-                      float* gate_grad, void* dh, const RouterGrads& g,
-                      const RoutingStats& stats, double loss_scale) {
+                      float* gate_grad, void* dh, const RouterGrads& g, const RoutingStats& stats,
+                      double loss_scale) {
   Backend& be = c_.be;
   const ModelDims& m = c_.dims;
   const MoeOptions& moe = c_.moe;
@@ -73,12 +74,12 @@ void Router::backward(const RouterActs& a, const float* dtopk_w, const void* h, 
     if (moe.load_balancing == LoadBalancing::AuxLoss && moe.aux_loss_coef > 0) {
       // The loss of this micro-batch pools every layer's tokens: n * layers of them.
       be.zero(g.dprobs, static_cast<std::size_t>(m.n * m.e) * sizeof(float));
-      be.aux_loss_backward(g.dprobs, stats.counts.i64(), m.n * c_.model.num_hidden_layers, m.n,
-                           m.e, loss_scale * moe.aux_loss_coef);
+      be.aux_loss_backward(g.dprobs, stats.counts.i64(), m.n * c_.model.num_hidden_layers, m.n, m.e,
+                           loss_scale * moe.aux_loss_coef);
       dprobs = g.dprobs;
     }
-    be.router_backward(g.dlogits, dtopk_w, dprobs, a.probs.f32(), a.topk_idx.i32(), m.n, m.e,
-                       m.kk, c_.model.norm_topk_prob);
+    be.router_backward(g.dlogits, dtopk_w, dprobs, a.probs.f32(), a.topk_idx.i32(), m.n, m.e, m.kk,
+                       c_.model.norm_topk_prob);
   }
   if (moe.z_loss_coef > 0) {
     be.z_loss_backward(g.dlogits, a.logits.f32(), m.n, m.e, loss_scale * moe.z_loss_coef);

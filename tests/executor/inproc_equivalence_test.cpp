@@ -24,8 +24,8 @@ std::vector<RankRun> train_in_process(const Plan& plan) {
   InprocWorld world(w);
   run_inproc_ranks(world, [&](int rank) {
     const std::unique_ptr<Backend> backend = make_cpu_backend();
-    ProcessGroups groups = make_inproc_groups(world, plan.layout, plan.cluster.devices_per_node,
-                                              rank, backend.get());
+    ProcessGroups groups =
+        make_inproc_groups(world, plan.layout, plan.cluster.devices_per_node, rank, backend.get());
     runs[static_cast<std::size_t>(rank)] = train_rank(plan, &groups, backend.get());
   });
   return runs;

@@ -244,8 +244,8 @@ TEST_CASE("(f) recompute and activation offload lower device activations", "[sim
   ModelSpec deep = load_model("tiny");
   deep.num_hidden_layers = 8;
   const Simulator sim = cpu(1, deep);
-  const double per_layer = 24'640 + 62'344;       // 86,984, as in (g)
-  const double working = 512 + 57'984;            // one layer's scratch and backward gradients
+  const double per_layer = 24'640 + 62'344;  // 86,984, as in (g)
+  const double working = 512 + 57'984;       // one layer's scratch and backward gradients
   // The final norm's input, output and 1/rms; logits; the loss's log-sum-exp and target logit.
   const double last_stage = 8'192 + 64 + 32'768 + 128;
   const double rope = 1'024;
