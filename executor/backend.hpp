@@ -232,9 +232,10 @@ ProcessGroups make_device_groups(Backend& backend, const Layout& layout,
 // Whether this build has them (make_device_groups does not throw for that reason).
 bool device_groups_available();
 
-// n elements of one type from a backend, returned to it on destruction. A buffer that holds a
-// varying number of rows (expert parallelism) keeps its largest allocation: resize() only
-// reallocates when it grows, and count() is the size last asked for.
+// n elements of one type from a backend, zero-filled when allocated, returned to it on
+// destruction. A buffer that holds a varying number of rows (expert parallelism) keeps its
+// largest allocation: resize() only reallocates when it grows, and count() is the size last
+// asked for.
 class Buffer {
  public:
   Buffer() = default;

@@ -12,7 +12,12 @@ void Buffer::resize(Backend& backend, std::int64_t count, DType type) {
   if (backend_ != &backend || need > capacity_bytes_) {
     clear();
     backend_ = &backend;
-    if (need > 0) ptr_ = backend.allocate(need);
+    if (need > 0) {
+      ptr_ = backend.allocate(need);
+      // Fresh memory starts as zeros, as std::vector's does: rows a kernel never writes (past the
+      // routed rows of a permuted buffer) hold zeros, not whatever the pool held before.
+      backend.zero(ptr_, need);
+    }
     capacity_bytes_ = need;
   }
   count_ = count;
