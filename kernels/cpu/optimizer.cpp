@@ -20,6 +20,31 @@ namespace {
 // AdamW, far above the pool's wake-up cost.
 constexpr std::int64_t kMinChunk = 1 << 16;
 
+// The per-step constants of AdamW in T.
+template <typename T>
+struct AdamWConstants {
+  T decay;           // 1 - lr wd
+  T step_size;       // lr / (1 - beta1^step)
+  T inv_sqrt_bias2;  // 1 / sqrt(1 - beta2^step)
+  T eps, b1, b2, one_minus_b1, one_minus_b2;
+  T grad_scale;
+};
+
+// AdamW over n values. The constants come in by value and the arrays as restrict pointers, so
+// the compiler keeps the constants in registers and vectorises without alias checks.
+template <typename T>
+void adamw_range(T* __restrict__ p, T* __restrict__ m, T* __restrict__ v, const T* __restrict__ g,
+                 std::int64_t n, const AdamWConstants<T> c) {
+  for (std::int64_t i = 0; i < n; i++) {
+    const T gi = g[i] * c.grad_scale;
+    const T mi = c.b1 * m[i] + c.one_minus_b1 * gi;
+    const T vi = c.b2 * v[i] + c.one_minus_b2 * (gi * gi);
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = p[i] * c.decay - c.step_size * mi / (std::sqrt(vi) * c.inv_sqrt_bias2 + c.eps);
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -37,26 +62,17 @@ void adamw_step(T* param, T* m, T* v, const T* grad, std::int64_t n, const AdamW
   // division by sqrt(bias2) turned into a multiplication by a constant.
   const double bias1 = 1.0 - std::pow(hp.beta1, double(step));
   const double bias2 = 1.0 - std::pow(hp.beta2, double(step));
-  const T decay = T(1.0 - hp.lr * hp.weight_decay);
-  const T step_size = T(hp.lr / bias1);
-  const T inv_sqrt_bias2 = T(1.0 / std::sqrt(bias2));
-  const T eps = T(hp.eps);
-  const T b1 = T(hp.beta1), b2 = T(hp.beta2);
-  const T one_minus_b1 = T(1.0 - hp.beta1), one_minus_b2 = T(1.0 - hp.beta2);
-  const T scale = T(grad_scale);
+  const AdamWConstants<T> c{T(1.0 - hp.lr * hp.weight_decay),
+                            T(hp.lr / bias1),
+                            T(1.0 / std::sqrt(bias2)),
+                            T(hp.eps),
+                            T(hp.beta1),
+                            T(hp.beta2),
+                            T(1.0 - hp.beta1),
+                            T(1.0 - hp.beta2),
+                            T(grad_scale)};
   parallel_for(n, kMinChunk, [&](std::int64_t begin, std::int64_t end) {
-    T* __restrict__ p_ = param;
-    T* __restrict__ m_ = m;
-    T* __restrict__ v_ = v;
-    const T* __restrict__ g_ = grad;
-    for (std::int64_t i = begin; i < end; i++) {
-      const T g = g_[i] * scale;
-      const T mi = b1 * m_[i] + one_minus_b1 * g;
-      const T vi = b2 * v_[i] + one_minus_b2 * (g * g);
-      m_[i] = mi;
-      v_[i] = vi;
-      p_[i] = p_[i] * decay - step_size * mi / (std::sqrt(vi) * inv_sqrt_bias2 + eps);
-    }
+    adamw_range(param + begin, m + begin, v + begin, grad + begin, end - begin, c);
   });
 }
 
