@@ -77,9 +77,9 @@ class ThreadPool {
     return *pool;
   }
 
-  // Runs fn(ctx, c) for every c in [0, chunks) on the caller and up to chunks - 1 workers; runs
-  // them all on the caller when another thread holds the pool. Rethrows the first exception.
-  void run(std::int64_t chunks, ChunkFn fn, const void* ctx) {
+  // Runs fn(ctx, c) for every c in [0, chunks) on the caller and `helpers` workers; runs them all
+  // on the caller when another thread holds the pool. Rethrows the first exception.
+  void run(std::int64_t chunks, std::int64_t helpers, ChunkFn fn, const void* ctx) {
     std::unique_lock<std::mutex> lock(submit_, std::try_to_lock);
     if (!lock.owns_lock() || chunks > kMaxChunks) {
       const ParallelScope scope;
@@ -88,9 +88,10 @@ class ThreadPool {
       return;
     }
     const std::uint32_t gen = posted_.load(std::memory_order_relaxed) + 1;
-    grow(static_cast<std::size_t>(chunks - 1), gen - 1);
+    grow(static_cast<std::size_t>(helpers), gen - 1);
     fn_ = fn;
     ctx_ = ctx;
+    helpers_.store(helpers, std::memory_order_relaxed);
     error_ = nullptr;
     done_.store(0, std::memory_order_relaxed);
     // The claim word carries the generation so that a worker waking late for an earlier job can
@@ -124,15 +125,20 @@ class ThreadPool {
   // Called with submit_ held; `seen` is the generation before the job about to be posted, so a
   // new worker picks that job up however late it starts.
   void grow(std::size_t wanted, std::uint32_t seen) {
-    while (workers_.size() < wanted)
-      workers_.emplace_back([this, seen] { worker_loop(seen); });
+    while (workers_.size() < wanted) {
+      const auto index = static_cast<std::int64_t>(workers_.size());
+      workers_.emplace_back([this, seen, index] { worker_loop(seen, index); });
+    }
   }
 
-  void worker_loop(std::uint32_t seen) {
+  // Worker `index` helps with a job only when the job asks for more than `index` helpers: the pool
+  // keeps the workers of the largest thread count seen, and a later, smaller count leaves the
+  // rest asleep.
+  void worker_loop(std::uint32_t seen, std::int64_t index) {
     t_in_parallel = true;
     for (;;) {
       seen = wait_for_change(posted_, seen);
-      work_on(seen);
+      if (index < helpers_.load(std::memory_order_relaxed)) work_on(seen);
     }
   }
 
@@ -164,7 +170,8 @@ class ThreadPool {
   std::vector<std::thread> workers_;
   std::atomic<std::uint32_t> posted_{0};  // generation of the latest job; workers wait on it
   std::atomic<std::uint64_t> claim_{0};
-  std::atomic<std::uint32_t> done_{0};  // chunks of the current job that have ended
+  std::atomic<std::uint32_t> done_{0};    // chunks of the current job that have ended
+  std::atomic<std::int64_t> helpers_{0};  // workers the current job asks for
   ChunkFn fn_ = nullptr;
   const void* ctx_ = nullptr;
   std::mutex error_mutex_;
@@ -227,7 +234,24 @@ void parallel_for_chunks(
       run_chunk(&job, c);
     return;
   }
-  ThreadPool::instance().run(chunks, run_chunk, &job);
+  ThreadPool::instance().run(chunks, chunks - 1, run_chunk, &job);
+}
+
+void parallel_tasks(std::int64_t count, const std::function<void(std::int64_t)>& task) {
+  if (count <= 0) return;
+  const std::int64_t threads = std::min<std::int64_t>(kernel_threads(), count);
+  if (threads == 1 || t_in_parallel) {
+    const ParallelScope scope;
+    for (std::int64_t i = 0; i < count; i++)
+      task(i);
+    return;
+  }
+  ThreadPool::instance().run(
+      count, threads - 1,
+      [](const void* ctx, std::int64_t i) {
+        (*static_cast<const std::function<void(std::int64_t)>*>(ctx))(i);
+      },
+      &task);
 }
 
 }  // namespace moetune::kernels::cpu
