@@ -68,6 +68,21 @@ U wait_for_change(const std::atomic<U>& value, U old) {
 // Runs chunk `chunk` of the job whose context is `ctx`.
 using ChunkFn = void (*)(const void* ctx, std::int64_t chunk);
 
+// Every chunk on the calling thread, in order, inside a parallel scope. As on the pool, a chunk
+// that throws does not stop the others, and the first exception is rethrown at the end.
+void run_inline(std::int64_t chunks, ChunkFn fn, const void* ctx) {
+  const ParallelScope scope;
+  std::exception_ptr error;
+  for (std::int64_t c = 0; c < chunks; c++) {
+    try {
+      fn(ctx, c);
+    } catch (...) {
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
 class ThreadPool {
  public:
   // Never destroyed: kernels may run from other static destructors, and workers asleep on a futex
@@ -82,9 +97,7 @@ class ThreadPool {
   void run(std::int64_t chunks, std::int64_t helpers, ChunkFn fn, const void* ctx) {
     std::unique_lock<std::mutex> lock(submit_, std::try_to_lock);
     if (!lock.owns_lock() || chunks > kMaxChunks) {
-      const ParallelScope scope;
-      for (std::int64_t c = 0; c < chunks; c++)
-        fn(ctx, c);
+      run_inline(chunks, fn, ctx);
       return;
     }
     const std::uint32_t gen = posted_.load(std::memory_order_relaxed) + 1;
@@ -230,8 +243,7 @@ void parallel_for_chunks(
   const ChunkJob job{n, chunks, &body};
   if (t_in_parallel) {
     // Nested: the same chunks, one after another on this thread.
-    for (std::int64_t c = 0; c < chunks; c++)
-      run_chunk(&job, c);
+    run_inline(chunks, run_chunk, &job);
     return;
   }
   ThreadPool::instance().run(chunks, chunks - 1, run_chunk, &job);
@@ -240,18 +252,14 @@ void parallel_for_chunks(
 void parallel_tasks(std::int64_t count, const std::function<void(std::int64_t)>& task) {
   if (count <= 0) return;
   const std::int64_t threads = std::min<std::int64_t>(kernel_threads(), count);
+  const ChunkFn run_task = [](const void* ctx, std::int64_t i) {
+    (*static_cast<const std::function<void(std::int64_t)>*>(ctx))(i);
+  };
   if (threads == 1 || t_in_parallel) {
-    const ParallelScope scope;
-    for (std::int64_t i = 0; i < count; i++)
-      task(i);
+    run_inline(count, run_task, &task);
     return;
   }
-  ThreadPool::instance().run(
-      count, threads - 1,
-      [](const void* ctx, std::int64_t i) {
-        (*static_cast<const std::function<void(std::int64_t)>*>(ctx))(i);
-      },
-      &task);
+  ThreadPool::instance().run(count, threads - 1, run_task, &task);
 }
 
 }  // namespace moetune::kernels::cpu

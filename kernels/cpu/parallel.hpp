@@ -20,7 +20,8 @@ void set_kernel_threads(int threads);
 // the caller's, or one after another on the caller when one chunk suffices, when called from
 // inside another parallel_for body (nested loops run inline) or while another thread holds the
 // pool. The chunking is the same in every case, so chunk-indexed results do not depend on which
-// thread ran what. The first exception a body throws is rethrown here once all chunks have ended.
+// thread ran what. A chunk that throws does not stop the others; the first exception is rethrown
+// here once all chunks have ended.
 void parallel_for(std::int64_t n, std::int64_t min_chunk,
                   const std::function<void(std::int64_t, std::int64_t)>& body);
 

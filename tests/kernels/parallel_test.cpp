@@ -149,6 +149,34 @@ TEST_CASE("parallel_for from two threads at once: both finish with every index",
   CHECK(b == a);
 }
 
+TEST_CASE("parallel_tasks runs every task once, rethrows, and runs inline when nested",
+          "[kernels][parallel]") {
+  for (int threads : {1, 2, 5}) {
+    const ThreadsScope scope(threads);
+    INFO("threads " << threads);
+    std::vector<std::atomic<int>> hits(37);
+    parallel_tasks(37, [&](std::int64_t i) { hits[static_cast<std::size_t>(i)]++; });
+    for (const auto& h : hits)
+      CHECK(h.load() == 1);
+    std::atomic<int> ran{0};
+    CHECK_THROWS_AS(parallel_tasks(9,
+                                   [&](std::int64_t i) {
+                                     ran++;
+                                     if (i == 4) throw std::runtime_error("task");
+                                   }),
+                    std::runtime_error);
+    CHECK(ran.load() == 9);
+    // Nested inside a parallel_for body: in order, on the body's thread.
+    std::vector<std::int64_t> order;
+    parallel_for(1, 1, [&](std::int64_t, std::int64_t) {
+      parallel_for_chunks(threads, 1, [&](std::int64_t c, std::int64_t, std::int64_t) {
+        if (c == 0) parallel_tasks(4, [&](std::int64_t i) { order.push_back(i); });
+      });
+    });
+    CHECK(order == std::vector<std::int64_t>{0, 1, 2, 3});
+  }
+}
+
 TEST_CASE("gemm split over threads: the same bits every run, and equal to one thread",
           "[kernels][parallel][gemm]") {
   std::mt19937_64 rng(60);
