@@ -1,8 +1,8 @@
 // The CBLAS calls behind gemm(): sgemm for float, dgemm for double, with the argument checks CBLAS
 // would otherwise report by printing and carrying on, and the split of a large product over the
 // kernel threads. OpenBLAS is told once to use one thread: its own workers spin-wait between calls
-// (sched_yield), which starved the kernel threads' element-wise loops of the same cores, and two
-// threads then gave only 1.3x of one on the 2-core build machine.
+// (issue #13 counted ~22,600 sched_yield per training step), taking the cores from the kernel
+// threads' element-wise loops, and two threads gave only 1.24-1.31x of one on the 2-core machine.
 #include "kernels/cpu/gemm.hpp"
 
 #include <cblas.h>
