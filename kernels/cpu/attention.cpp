@@ -81,29 +81,28 @@ void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, std::
   const std::int64_t q_stride = hq * dh;
   const std::int64_t kv_stride = hkv * dh;
   const T scale = T(1.0 / std::sqrt(double(dh)));
-  // (batch, query head) pairs are independent: split them over the kernel threads, each pair's
-  // GEMMs one BLAS call on its thread.
-  parallel_for(b * hq, 1, [&](std::int64_t pair_begin, std::int64_t pair_end) {
-    for (std::int64_t pair = pair_begin; pair < pair_end; pair++) {
-      const std::int64_t bi = pair / hq, h = pair % hq;
-      const std::int64_t kvh = h / group;
-      const T* q_bh = q + bi * s * q_stride + h * dh;     // [S,Dh], row stride Hq*Dh
-      const T* k_bh = k + bi * s * kv_stride + kvh * dh;  // [S,Dh], row stride Hkv*Dh
-      const T* v_bh = v + bi * s * kv_stride + kvh * dh;  // [S,Dh], row stride Hkv*Dh
-      T* out_bh = out + bi * s * q_stride + h * dh;       // [S,Dh], row stride Hq*Dh
-      T* att_bh = att + (bi * hq + h) * s * s;            // [S,S]
-      for (std::int64_t r0 = 0; r0 < s; r0 += kQueryBlock) {
-        const std::int64_t r1 = std::min(s, r0 + kQueryBlock), rows = r1 - r0;
-        T* att_rows = att_bh + r0 * s;  // [rows, S]; keys [0, r1) computed here
-        // scores = scale * q k^T
-        gemm<T>(false, true, rows, r1, dh, scale, q_bh + r0 * q_stride, q_stride, k_bh, kv_stride,
-                T(0), att_rows, s);
-        for (std::int64_t i = r0; i < r1; i++)
-          masked_softmax_row(att_bh + i * s, s, i, window);
-        // out = att v
-        gemm<T>(false, false, rows, dh, r1, T(1), att_rows, s, v_bh, kv_stride, T(0),
-                out_bh + r0 * q_stride, q_stride);
-      }
+  // (batch, query head) pairs are independent: each is a task on the kernel threads (so a thread
+  // that loses its core for a while does not hold up half of them), its GEMMs one BLAS call on
+  // its thread.
+  parallel_tasks(b * hq, [&](std::int64_t pair) {
+    const std::int64_t bi = pair / hq, h = pair % hq;
+    const std::int64_t kvh = h / group;
+    const T* q_bh = q + bi * s * q_stride + h * dh;     // [S,Dh], row stride Hq*Dh
+    const T* k_bh = k + bi * s * kv_stride + kvh * dh;  // [S,Dh], row stride Hkv*Dh
+    const T* v_bh = v + bi * s * kv_stride + kvh * dh;  // [S,Dh], row stride Hkv*Dh
+    T* out_bh = out + bi * s * q_stride + h * dh;       // [S,Dh], row stride Hq*Dh
+    T* att_bh = att + (bi * hq + h) * s * s;            // [S,S]
+    for (std::int64_t r0 = 0; r0 < s; r0 += kQueryBlock) {
+      const std::int64_t r1 = std::min(s, r0 + kQueryBlock), rows = r1 - r0;
+      T* att_rows = att_bh + r0 * s;  // [rows, S]; keys [0, r1) computed here
+      // scores = scale * q k^T
+      gemm<T>(false, true, rows, r1, dh, scale, q_bh + r0 * q_stride, q_stride, k_bh, kv_stride,
+              T(0), att_rows, s);
+      for (std::int64_t i = r0; i < r1; i++)
+        masked_softmax_row(att_bh + i * s, s, i, window);
+      // out = att v
+      gemm<T>(false, false, rows, dh, r1, T(1), att_rows, s, v_bh, kv_stride, T(0),
+              out_bh + r0 * q_stride, q_stride);
     }
   });
 }
@@ -121,11 +120,11 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
   const T scale = T(1.0 / std::sqrt(double(dh)));
   std::fill(dk, dk + b * s * kv_stride, T(0));
   std::fill(dv, dv + b * s * kv_stride, T(0));
-  // (batch, kv head) groups are independent (dk, dv sum over a group's query heads): split them
-  // over the kernel threads, each with its own scratch.
-  parallel_for(b * hkv, 1, [&](std::int64_t group_begin, std::int64_t group_end) {
+  // (batch, kv head) groups are independent (dk, dv sum over a group's query heads): each is a task
+  // on the kernel threads, with its thread's scratch.
+  parallel_tasks(b * hkv, [&](std::int64_t kv_group) {
     T* dscores = dscores_scratch<T>(kQueryBlock * s);  // [block rows, S]: d(att), then d(scores)
-    for (std::int64_t pair = group_begin * group; pair < group_end * group; pair++) {
+    for (std::int64_t pair = kv_group * group; pair < (kv_group + 1) * group; pair++) {
       const std::int64_t bi = pair / hq, h = pair % hq;
       const std::int64_t kvh = h / group;
       const T* q_bh = q + bi * s * q_stride + h * dh;

@@ -251,6 +251,11 @@ void parallel_for_chunks(
 
 void parallel_tasks(std::int64_t count, const std::function<void(std::int64_t)>& task) {
   if (count <= 0) return;
+  if (count == 1) {
+    // As parallel_for's single chunk: the task itself may still use the pool.
+    task(0);
+    return;
+  }
   const std::int64_t threads = std::min<std::int64_t>(kernel_threads(), count);
   const ChunkFn run_task = [](const void* ctx, std::int64_t i) {
     (*static_cast<const std::function<void(std::int64_t)>*>(ctx))(i);

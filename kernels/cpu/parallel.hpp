@@ -37,7 +37,8 @@ std::int64_t parallel_chunks(std::int64_t n, std::int64_t min_chunk);
 // Runs task(i) for every i in [0, count) on the pool: each thread claims the next unclaimed task,
 // so tasks of uneven size balance over the threads. For tasks that write disjoint outputs, which
 // makes the result independent of which thread ran which task. Inline, in order, with one thread,
-// when nested, or while another thread holds the pool; exceptions as parallel_for.
+// when nested, or while another thread holds the pool; a single task runs as parallel_for's single
+// chunk does (outside a parallel region); exceptions as parallel_for.
 void parallel_tasks(std::int64_t count, const std::function<void(std::int64_t)>& task);
 
 // True on a thread that is running a parallel_for body: work started there runs inline, so a
