@@ -1,4 +1,5 @@
-// Cross-entropy forward and fused softmax backward, one row at a time; log-sum-exp in double.
+// Cross-entropy forward and fused softmax backward, rows split over the kernel threads; each row's
+// log-sum-exp sums vectorised exps (vec_math.hpp) in double.
 #include "kernels/cpu/cross_entropy.hpp"
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 
 #include "core/error.hpp"
 #include "kernels/cpu/parallel.hpp"
+#include "kernels/cpu/vec_math.hpp"
 
 namespace moetune::kernels::cpu {
 
@@ -21,13 +23,8 @@ void check_target(std::int32_t target, std::int64_t v, std::int64_t row) {
 
 template <typename T>
 double row_logsumexp(const T* x, std::int64_t v) {
-  const double max_x = double(*std::max_element(x, x + v));
-  // exp in T (expf for float, within an ulp), accumulated in double.
-  const T max_t = T(max_x);
-  double sum = 0;
-  for (std::int64_t j = 0; j < v; j++)
-    sum += double(std::exp(x[j] - max_t));
-  return max_x + std::log(sum);
+  const T max_x = vec::max(x, v);
+  return double(max_x) + std::log(vec::sum_exp_shifted(x, v, max_x));
 }
 
 }  // namespace
@@ -91,11 +88,12 @@ void cross_entropy_backward(T* dlogits, const T* logits, const std::int32_t* tar
         std::fill(dx, dx + v, T(0));
         continue;
       }
-      const double lse = row_logsumexp(x, v);
-      const T lse_t = T(lse), scale_t = T(scale);
+      const T lse = T(row_logsumexp(x, v)), scale_t = T(scale);
+      // In place over one pointer (the LM head passes dx == x), so the loop needs no alias check.
+      if (dx != x) std::copy(x, x + v, dx);
       for (std::int64_t j = 0; j < v; j++)
-        dx[j] = scale_t * std::exp(x[j] - lse_t);
-      dx[targets[i]] -= T(scale);
+        dx[j] = scale_t * vec::exp_t(dx[j] - lse);
+      dx[targets[i]] -= scale_t;
     }
   });
 }
