@@ -38,11 +38,6 @@ float* F(void* p) {
   return static_cast<float*>(p);
 }
 
-// Rows per parallel chunk for row-wise loops over `width` columns (about 32k elements a chunk).
-std::int64_t min_rows(std::int64_t width) {
-  return std::max<std::int64_t>(1, (1 << 15) / std::max<std::int64_t>(1, width));
-}
-
 class CpuBackend final : public Backend {
  public:
   std::string name() const override { return "cpu"; }
@@ -311,57 +306,17 @@ class CpuBackend final : public Backend {
   void cross_entropy_partial(float* lse_part, float* target_logit, const void* logits,
                              const std::int32_t* targets, std::int64_t n, std::int64_t vl,
                              std::int64_t first) override {
-    const float* x = F(logits);
-    k::parallel_for(n, min_rows(vl), [&](std::int64_t begin, std::int64_t end) {
-      for (std::int64_t i = begin; i < end; ++i) {
-        const float* row = x + i * vl;  // [vl]
-        lse_part[i] = static_cast<float>(row_logsumexp(row, vl));
-        const std::int64_t t = targets[i] - first;
-        target_logit[i] = targets[i] != k::kIgnoreIndex && t >= 0 && t < vl ? row[t] : 0.0f;
-      }
-    });
+    k::vocab_parallel_ce_partial(lse_part, target_logit, F(logits), targets, n, vl, first);
   }
   void cross_entropy_combine(float* lse, float* losses, const float* lse_parts,
-                             const float* target_logit, const std::int32_t* targets, std::int64_t n,
-                             std::int64_t parts) override {
-    for (std::int64_t i = 0; i < n; ++i) {
-      double value = lse_parts[i];
-      if (parts > 1) {
-        double max_l = lse_parts[i];
-        for (std::int64_t r = 1; r < parts; ++r)
-          max_l = std::max(max_l, double(lse_parts[r * n + i]));
-        double sum = 0;
-        for (std::int64_t r = 0; r < parts; ++r)
-          sum += std::exp(double(lse_parts[r * n + i]) - max_l);
-        value = max_l + std::log(sum);
-      }
-      lse[i] = static_cast<float>(value);
-      losses[i] = targets[i] == k::kIgnoreIndex
-                      ? 0.0f
-                      : static_cast<float>(value - double(target_logit[i]));
-    }
+                             const float* target_logit, const std::int32_t* targets,
+                             std::int64_t n, std::int64_t parts) override {
+    k::vocab_parallel_ce_combine(lse, losses, lse_parts, target_logit, targets, n, parts);
   }
   void cross_entropy_backward(void* dlogits, const void* logits, const float* lse,
                               const std::int32_t* targets, std::int64_t n, std::int64_t vl,
                               std::int64_t first, double scale) override {
-    const float* x = F(logits);
-    float* dx = F(dlogits);
-    const float scale_t = static_cast<float>(scale);
-    k::parallel_for(n, min_rows(vl), [&](std::int64_t begin, std::int64_t end) {
-      for (std::int64_t i = begin; i < end; ++i) {
-        const float* row = x + i * vl;
-        float* drow = dx + i * vl;  // may be row
-        if (targets[i] == k::kIgnoreIndex) {
-          std::fill(drow, drow + vl, 0.0f);
-          continue;
-        }
-        const float l = lse[i];
-        for (std::int64_t j = 0; j < vl; ++j)
-          drow[j] = scale_t * std::exp(row[j] - l);
-        const std::int64_t t = targets[i] - first;
-        if (t >= 0 && t < vl) drow[t] -= scale_t;
-      }
-    });
+    k::vocab_parallel_ce_backward(F(dlogits), F(logits), lse, targets, n, vl, first, scale);
   }
 
   void adamw_step(float* param, float* m, float* v, const float* grad, void* working,
@@ -387,16 +342,6 @@ class CpuBackend final : public Backend {
     for (std::int64_t i = 0; i < n; ++i)
       dst[i] += src[i];
   }
-  // log-sum-exp of one row: the max in float, exp in float, the sum in double (as
-  // kernels/cpu/cross_entropy).
-  static double row_logsumexp(const float* x, std::int64_t v) {
-    const float max_x = *std::max_element(x, x + v);
-    double sum = 0;
-    for (std::int64_t j = 0; j < v; ++j)
-      sum += double(std::exp(x[j] - max_x));
-    return double(max_x) + std::log(sum);
-  }
-
   std::size_t live_ = 0, peak_ = 0;
   const char* open_ = nullptr;
   std::chrono::steady_clock::time_point start_;

@@ -29,7 +29,7 @@ class DeviceMemory {
   virtual bool on_device() const = 0;
   // Enqueued in order after everything this rank enqueued before (device to device).
   virtual void copy(void* dst, const void* src, std::size_t bytes) = 0;
-  // dst[i] += src[i], i < count (F32, F64, I64; BF16 sums in fp32 and rounds once).
+  // dst[i] += src[i], i < count (F32, F64, I32, I64; BF16 sums in fp32 and rounds once).
   virtual void accumulate(void* dst, const void* src, std::int64_t count, DType type) = 0;
   // Host <-> this memory; both wait until the copy is done.
   virtual void copy_to_host(void* host, const void* src, std::size_t bytes) = 0;
@@ -49,6 +49,8 @@ class Communicator {
   // over the CPU backend), true for a device's (nccl, inproc over the CUDA backend).
   virtual bool device_memory() const { return false; }
 
+  // Send and receive buffers do not overlap, except all_gather's in place (send at
+  // recv + rank * count).
   // recv[size * count] = every rank's send[count], in rank order.
   void all_gather(const void* send, void* recv, std::int64_t count, DType type) {
     do_all_gather(send, recv, count, type);

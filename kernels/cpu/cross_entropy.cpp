@@ -98,6 +98,66 @@ void cross_entropy_backward(T* dlogits, const T* logits, const std::int32_t* tar
   });
 }
 
+void vocab_parallel_ce_partial(float* lse_part, float* target_logit, const float* logits,
+                               const std::int32_t* targets, std::int64_t n, std::int64_t vl,
+                               std::int64_t first) {
+  MOETUNE_CHECK(n >= 0 && vl > 0, "vocab_parallel_ce_partial: need n >= 0 and vl > 0");
+  const std::int64_t min_rows = std::max<std::int64_t>(1, (1 << 15) / vl);
+  parallel_for(n, min_rows, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t i = begin; i < end; i++) {
+      const float* x = logits + i * vl;  // [vl]
+      lse_part[i] = float(row_logsumexp(x, vl));
+      const std::int64_t t = std::int64_t(targets[i]) - first;
+      target_logit[i] = targets[i] != kIgnoreIndex && t >= 0 && t < vl ? x[t] : 0.0f;
+    }
+  });
+}
+
+void vocab_parallel_ce_combine(float* lse, float* losses, const float* lse_parts,
+                               const float* target_logit, const std::int32_t* targets,
+                               std::int64_t n, std::int64_t parts) {
+  MOETUNE_CHECK(n >= 0 && parts > 0, "vocab_parallel_ce_combine: need n >= 0 and parts > 0");
+  for (std::int64_t i = 0; i < n; i++) {
+    double value = lse_parts[i];
+    if (parts > 1) {
+      double max_l = value;
+      for (std::int64_t r = 1; r < parts; r++)
+        max_l = std::max(max_l, double(lse_parts[r * n + i]));
+      double sum = 0;
+      for (std::int64_t r = 0; r < parts; r++)
+        sum += std::exp(double(lse_parts[r * n + i]) - max_l);
+      value = max_l + std::log(sum);
+    }
+    const double target = target_logit[i];  // read before losses (which may alias it) is written
+    lse[i] = float(value);
+    losses[i] = targets[i] == kIgnoreIndex ? 0.0f : float(value - target);
+  }
+}
+
+void vocab_parallel_ce_backward(float* dlogits, const float* logits, const float* lse,
+                                const std::int32_t* targets, std::int64_t n, std::int64_t vl,
+                                std::int64_t first, double scale) {
+  MOETUNE_CHECK(n >= 0 && vl > 0, "vocab_parallel_ce_backward: need n >= 0 and vl > 0");
+  const float scale_t = float(scale);
+  const std::int64_t min_rows = std::max<std::int64_t>(1, (1 << 15) / vl);
+  parallel_for(n, min_rows, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t i = begin; i < end; i++) {
+      const float* x = logits + i * vl;  // [vl]
+      float* dx = dlogits + i * vl;      // [vl], may be x
+      if (targets[i] == kIgnoreIndex) {
+        std::fill(dx, dx + vl, 0.0f);
+        continue;
+      }
+      const float l = lse[i];
+      if (dx != x) std::copy(x, x + vl, dx);
+      for (std::int64_t j = 0; j < vl; j++)
+        dx[j] = scale_t * vec::exp_f32(dx[j] - l);
+      const std::int64_t t = std::int64_t(targets[i]) - first;
+      if (t >= 0 && t < vl) dx[t] -= scale_t;
+    }
+  });
+}
+
 template double cross_entropy_forward<float>(float*, const float*, const std::int32_t*,
                                              std::int64_t, std::int64_t);
 template double cross_entropy_forward<double>(double*, const double*, const std::int32_t*,
