@@ -313,8 +313,8 @@ TEST_CASE("predict: fits, reasons and derived figures", "[simulator][predict]") 
     // tokens per step 16 * 8 = 128.
     CHECK(p.tokens_per_s == Approx(128.0 / p.step_time_s).epsilon(1e-12));
     CHECK(p.tokens_per_s_per_device == Approx(p.tokens_per_s).epsilon(1e-12));
-    // MFU = model FLOPs rate / peak fp32 rate of the CPU (0.083 TFLOPS).
-    CHECK(p.mfu == Approx(p.tflops_per_device / 0.083).epsilon(1e-12));
+    // MFU = model FLOPs rate / peak fp32 rate of the CPU (0.1 TFLOPS).
+    CHECK(p.mfu == Approx(p.tflops_per_device / 0.1).epsilon(1e-12));
     CHECK(p.cost_per_step_usd == 0);  // cpu-local has no price
   }
   SECTION("Mixtral 8x7B does not fit one A100 and says why") {
