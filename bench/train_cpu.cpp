@@ -1,19 +1,33 @@
 // bench/train_cpu: tokens/s of moetune's CPU executor on a documented small Mixtral, one process.
 // Default: preset `small` (8 layers, hidden 512, 8 experts top-2, vocab 8192), seq 256, batch 8
-// (2,048 tokens per step), fp32, AdamW, the kernel threads of this machine. Prints one JSON line;
-// bench/train_cpu_compare.py runs it side by side with the same step in PyTorch eager.
+// (2,048 tokens per step), fp32, AdamW, the kernel threads of this machine. Prints one JSON line:
+// tokens/s (median step), the achieved GFLOP/s with the model's own training FLOPs per token
+// (core's flops_per_token, causal attention, 3x forward: the count the planner's MFU uses), and the
+// median seconds of each phase. bench/train_cpu_compare.py runs it side by side with the same step
+// in PyTorch eager.
 //
-// Usage: train_cpu [--model NAME] [--seq S] [--batch B] [--steps N] [--warmup W]
+// Usage: train_cpu [--model NAME|FILE] [--seq S] [--batch B] [--steps N] [--warmup W] [--threads T]
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <string>
 #include <vector>
 
+#include "core/model_spec.hpp"
 #include "core/presets.hpp"
 #include "executor/trainer.hpp"
 #include "kernels/cpu/parallel.hpp"
+
+namespace {
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return values.empty() ? 0.0 : values[values.size() / 2];
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace moetune;
@@ -32,10 +46,16 @@ int main(int argc, char** argv) {
       steps = std::atoll(value.c_str());
     } else if (flag == "--warmup") {
       warmup = std::atoll(value.c_str());
+    } else if (flag == "--threads") {
+      kernels::cpu::set_kernel_threads(std::atoi(value.c_str()));
     } else {
       std::fprintf(stderr, "train_cpu: unknown flag %s\n", flag.c_str());
       return 2;
     }
+  }
+  if (steps < 1) {
+    std::fprintf(stderr, "train_cpu: --steps must be >= 1\n");
+    return 2;
   }
   Plan plan;
   plan.model = load_model(model);
@@ -48,19 +68,30 @@ int main(int argc, char** argv) {
   options.steps = warmup + steps;
   executor::Trainer trainer(plan, options);
   std::vector<double> step_s;
+  std::map<std::string, std::vector<double>> phase_s;
   trainer.run([&](const StepRecord& r) {
-    if (r.step > warmup) step_s.push_back(r.step_time_s);
+    if (r.step <= warmup) return;
+    step_s.push_back(r.step_time_s);
+    for (const auto& [phase, seconds] : r.phases_s)
+      phase_s[phase].push_back(seconds);
   });
-  std::vector<double> sorted = step_s;
-  std::sort(sorted.begin(), sorted.end());
-  const double median = sorted[sorted.size() / 2];
+  const double step_median = median(step_s);
+  const double tokens = static_cast<double>(seq * batch);
+  const double training_flops = flops_per_token(plan.model, seq, AttentionFlops::Causal).training();
   std::printf(
       "{\"backend\": \"moetune-cpu\", \"model\": \"%s\", \"threads\": %d, "
-      "\"tokens_per_step\": %lld, \"tokens_per_s_median\": %.1f, \"step_s\": [",
-      model.c_str(), kernels::cpu::kernel_threads(), static_cast<long long>(seq * batch),
-      static_cast<double>(seq * batch) / median);
+      "\"tokens_per_step\": %lld, \"tokens_per_s_median\": %.1f, "
+      "\"training_flops_per_token\": %.0f, \"gflops_median\": %.2f, \"step_s\": [",
+      plan.model.name.c_str(), kernels::cpu::kernel_threads(), static_cast<long long>(seq * batch),
+      tokens / step_median, training_flops, tokens / step_median * training_flops / 1e9);
   for (std::size_t i = 0; i < step_s.size(); ++i)
     std::printf("%s%.4f", i ? ", " : "", step_s[i]);
-  std::printf("]}\n");
+  std::printf("], \"phase_s_median\": {");
+  bool first = true;
+  for (const auto& [phase, seconds] : phase_s) {
+    std::printf("%s\"%s\": %.4f", first ? "" : ", ", phase.c_str(), median(seconds));
+    first = false;
+  }
+  std::printf("}}\n");
   return 0;
 }

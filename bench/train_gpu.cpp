@@ -1,8 +1,10 @@
-// bench/train_gpu: tokens/s and MFU of moetune's CUDA backend on one GPU, for a Mixtral-shaped
-// model sized to fill the card, beside the simulator's prediction (step time, MFU, peak memory) for
-// the same plan. Default shape: hidden 2048, 16 heads of 128 (4 kv heads), 8 experts top-2 of
-// FFN 7168, vocabulary 32000, seq 2048, micro-batch 2 x 4 accumulation steps; the layer count is
-// the most that fits in 85% of the free memory, measured by building 1- and 2-layer models.
+// bench/train_gpu: tokens/s and MFU of moetune's one trainer on the CUDA backend, one GPU, for a
+// Mixtral-shaped model sized to fill the card, beside the simulator's prediction (step time, MFU,
+// peak memory) for the same plan. Default shape: Mixtral 8x7B's layer (hidden 4096, 32 heads of
+// 128 with 8 kv heads, 8 experts top-2 of FFN 14336, vocabulary 32000), seq 4096, micro-batch 1 x
+// 4 accumulation steps; the layer count is the most that fits in 85% of the free memory: the
+// model's buffers measured by building 1- and 2-layer models, plus 18 bytes of state per
+// parameter (fp32 master, gradient, Adam m and v; bf16 working copy).
 // Prints one JSON line (and writes the model as a moetune model JSON for bench/train_gpu_hf.py).
 //
 // Usage: train_gpu [--layers L] [--hidden D] [--ffn F] [--heads H] [--kv-heads H] [--head-dim Dh]
@@ -24,7 +26,9 @@
 
 #include "core/json_reader.hpp"
 #include "core/presets.hpp"
-#include "executor/cuda/gpu_trainer.hpp"
+#include "executor/backend.hpp"
+#include "executor/cuda/cuda_backend.hpp"
+#include "executor/trainer.hpp"
 #ifdef MOETUNE_BENCH_SIMULATOR
 #include "simulator/simulator.hpp"
 #endif
@@ -68,24 +72,16 @@ ModelSpec mixtral_shape(std::int64_t layers, std::int64_t hidden, std::int64_t f
   return m;
 }
 
-// Device bytes a model of `layers` layers allocates (constructed, never run).
+// Device bytes a model of `layers` layers needs: its buffers (built, never run) and its state.
 double model_bytes(const ModelSpec& m, const MoeOptions& moe, std::int64_t batch,
                    std::int64_t seq) {
-  cudaStream_t stream;
-  CUDA_CHECK(cudaStreamCreate(&stream));
+  const std::unique_ptr<executor::Backend> be = executor::make_cuda_backend(0);
   double bytes = 0;
   {
-    executor::gpu::DeviceAllocator alloc(stream);
-    executor::gpu::GpuMixtral model(m, moe, batch, seq, alloc);
-    bytes = double(alloc.live_bytes());
+    executor::MixtralModel model(*be, m, moe, batch, seq);
+    bytes = double(be->live_bytes()) + 18.0 * double(model.layout().numel());
   }
-  CUDA_CHECK(cudaStreamSynchronize(stream));
-  CUDA_CHECK(cudaStreamDestroy(stream));
-  cudaMemPool_t pool;
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
-  CUDA_CHECK(cudaMemPoolTrimTo(pool, 0));
+  be->synchronize();
   return bytes;
 }
 
@@ -97,8 +93,8 @@ double median(std::vector<double> v) {
 }  // namespace
 
 int main(int argc, char** argv) try {
-  std::int64_t layers = 0, hidden = 2048, ffn = 7168, heads = 16, kv_heads = 4, head_dim = 128;
-  std::int64_t experts = 8, topk = 2, vocab = 32000, seq = 2048, micro = 2, accum = 4;
+  std::int64_t layers = 0, hidden = 4096, ffn = 14336, heads = 32, kv_heads = 8, head_dim = 128;
+  std::int64_t experts = 8, topk = 2, vocab = 32000, seq = 4096, micro = 1, accum = 4;
   std::int64_t steps = 4, warmup = 2;
   double fraction = 0.85;
   std::string model_json, metrics;
@@ -181,14 +177,11 @@ int main(int argc, char** argv) try {
     std::ofstream out(model_json);
     out << to_json(plan.model).dump(2) << "\n";
   }
-  executor::gpu::GpuTrainOptions options;
+  executor::TrainOptions options;
   options.steps = warmup + steps;
-  options.device_init = true;
-  executor::gpu::GpuTrainer trainer(plan, options);
-  std::unique_ptr<RunLogWriter> log;
-  if (!metrics.empty()) {
-    log = std::make_unique<RunLogWriter>(metrics, run_header_here(plan, "cuda", 0, 1, 1), false);
-  }
+  options.metrics = metrics;
+  const std::unique_ptr<executor::Backend> backend = executor::make_cuda_backend(0);
+  executor::Trainer trainer(plan, options, nullptr, backend.get());
   std::vector<double> step_s;
   std::map<std::string, double> phases;
   double loss = 0;
@@ -201,7 +194,6 @@ int main(int argc, char** argv) try {
         phases[k] += v / double(steps);
     }
     loss = r.loss;
-    if (log) log->write(r);
   });
   const double step_median = median(step_s);
   const double tokens = double(plan.train.tokens_per_step());
@@ -224,8 +216,9 @@ int main(int argc, char** argv) try {
               {"mfu", mfu},
               {"phases_s", phases},
               {"final_loss", loss},
-              {"grouped_gemm_native", trainer.model().blas().grouped_native()},
-              {"measured_peak_memory_bytes", trainer.measured_peak_bytes()}};
+              {"grouped_gemm_native",
+               dynamic_cast<executor::gpu::CudaBackend&>(*backend).blas().grouped_native()},
+              {"measured_peak_memory_bytes", double(backend->peak_bytes())}};
   std::size_t free_bytes = 0, total_bytes = 0;
   CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
   out["device_used_bytes_incl_context"] = double(total_bytes - free_bytes);

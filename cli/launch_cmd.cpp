@@ -18,6 +18,8 @@
 #include "cli/common.hpp"
 #include "core/error.hpp"
 #include "core/json_reader.hpp"
+#include "executor/backend.hpp"
+#include "executor/trainer.hpp"
 
 namespace moetune::cli {
 
@@ -86,8 +88,9 @@ bool on_path(const std::string& program) {
   throw InputError("cannot start " + argv[0] + ": " + std::strerror(errno));
 }
 
-std::vector<std::string> train_command(const LaunchOptions& o, const std::string& plan_path) {
-  std::vector<std::string> argv = {self_path(), "train", "--plan", plan_path};
+std::vector<std::string> train_command(const LaunchOptions& o, const std::string& plan_path,
+                                       const std::string& backend) {
+  std::vector<std::string> argv = {self_path(), "train", "--plan", plan_path, "--backend", backend};
   argv.insert(argv.end(), o.train_args.begin(), o.train_args.end());
   return argv;
 }
@@ -97,6 +100,16 @@ void run(const LaunchOptions& o) {
   const std::string plan_path = fs::absolute(o.plan).string();
   const std::int64_t world = plan.layout.world_size();
   const std::int64_t per_node = plan.cluster.devices_per_node;
+  // What the executor cannot run is refused here, before a script is written or a rank starts:
+  // every rank would stop with the same line.
+  const bool gpu = plan.cluster.device.kind == DeviceKind::Gpu;
+  const std::string backend = gpu ? "cuda" : "cpu";
+  executor::check_runnable(plan, backend, world);
+  executor::check_backend_supports(backend, plan.model, plan.train.moe);
+  if (gpu && world > 1 && !executor::device_groups_available()) {
+    throw InputError("a plan of " + std::to_string(world) +
+                     " GPUs trains over NCCL, which this moetune was built without");
+  }
   std::vector<std::string> argv;
   if (o.launcher == "local") {
     if (plan.cluster.nodes != 1) {
@@ -104,7 +117,7 @@ void run(const LaunchOptions& o) {
                        std::to_string(plan.cluster.nodes) +
                        " nodes; use --launcher mpirun --hostfile FILE or --launcher slurm");
     }
-    if (world > 1) {
+    if (world > 1 && !gpu) {
       const auto cores =
           static_cast<std::int64_t>(std::max(1u, std::thread::hardware_concurrency()));
       const std::int64_t threads = std::max<std::int64_t>(1, cores / world);
@@ -116,8 +129,12 @@ void run(const LaunchOptions& o) {
         argv.push_back("-x");
         argv.push_back(env);
       }
+    } else if (world > 1) {
+      // One rank per GPU of this node; each rank takes GPU OMPI_COMM_WORLD_LOCAL_RANK.
+      argv = {"mpirun", "-np", std::to_string(world)};
+      if (::geteuid() == 0) argv.push_back("--allow-run-as-root");
     }
-    const auto train = train_command(o, plan_path);
+    const auto train = train_command(o, plan_path, backend);
     argv.insert(argv.end(), train.begin(), train.end());
   } else if (o.launcher == "mpirun") {
     if (o.hostfile.empty()) {
@@ -131,21 +148,30 @@ void run(const LaunchOptions& o) {
             o.hostfile,
             "--map-by",
             "ppr:" + std::to_string(per_node) + ":node"};
-    const auto train = train_command(o, plan_path);
+    const auto train = train_command(o, plan_path, backend);
     argv.insert(argv.end(), train.begin(), train.end());
   } else {  // slurm
     const std::string script =
         o.script.empty() ? "moetune-" + plan.model.name + ".sbatch" : o.script;
+    const std::string job = "moetune-" + plan.model.name;
     std::string text = "#!/bin/bash\n";
     text += "# Written by moetune launch for " + plan_path + "\n";
-    text += "#SBATCH --job-name=" + shell_quote("moetune-" + plan.model.name) + "\n";
+    text += "# " + plan.model.name + ", " + describe(plan.layout) + ", on " +
+            std::to_string(plan.cluster.nodes) + " x " + std::to_string(per_node) + " " +
+            plan.cluster.device.name + " (" + plan.cluster.name + "), " + backend + " backend\n";
+    text += "#SBATCH --job-name=" + shell_quote(job) + "\n";
     text += "#SBATCH --nodes=" + std::to_string(plan.cluster.nodes) + "\n";
     text += "#SBATCH --ntasks-per-node=" + std::to_string(per_node) + "\n";
-    if (plan.cluster.device.kind == DeviceKind::Gpu) {
-      text += "#SBATCH --gpus-per-node=" + std::to_string(per_node) + "\n";
-    }
+    if (gpu) text += "#SBATCH --gpus-per-node=" + std::to_string(per_node) + "\n";
+    text += "#SBATCH --exclusive\n";
+    text += "#SBATCH --output=" + shell_quote(job + "-%j.out") + "\n";
     text += "set -euo pipefail\n";
-    text += "srun " + join_quoted(train_command(o, plan_path)) + "\n";
+    if (gpu) {
+      text +=
+          "# One rank per GPU: each takes GPU $SLURM_LOCALID; NCCL is bootstrapped through MPI,\n";
+      text += "# which srun starts with PMIx.\n";
+    }
+    text += "srun --mpi=pmix " + join_quoted(train_command(o, plan_path, backend)) + "\n";
     write_file_atomically(script, text);
     fs::permissions(script, fs::perms::owner_exec | fs::perms::group_exec | fs::perms::others_exec,
                     fs::perm_options::add);

@@ -4,18 +4,21 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
+#include <optional>
+#include <thread>
 
 #include "cli/commands.hpp"
 #include "cli/common.hpp"
 #include "core/error.hpp"
+#include "executor/backend.hpp"
 #include "executor/batches.hpp"
+#include "executor/comm/inproc_communicator.hpp"
 #include "executor/trainer.hpp"
+#include "kernels/cpu/parallel.hpp"
 #ifdef MOETUNE_HAVE_MPI
 #include "executor/comm/mpi_communicator.hpp"
-#endif
-#ifdef MOETUNE_HAVE_CUDA
-#include "executor/cuda/gpu_trainer.hpp"
 #endif
 
 namespace moetune::cli {
@@ -31,7 +34,8 @@ struct TrainCmdOptions {
   std::int64_t checkpoint_every = 0;
   bool resume = false;
   bool quiet = false;
-  std::string backend;  // cpu or cuda; empty: cuda for a GPU plan, else cpu
+  bool in_process = false;  // the plan's ranks as threads of this process
+  std::string backend;      // cpu or cuda; empty: cuda for a GPU plan, else cpu
 };
 
 std::string clock_text(double seconds) {
@@ -47,13 +51,22 @@ Plan plan_from_flags(const TrainCmdOptions& o) {
   if (!setup.nodes) setup.nodes = 1;
   if (!setup.devices_per_node && setup.cluster == "cpu-local") setup.devices_per_node = 1;
   const Setup s = load_setup(setup);
-  LayoutOptions layout = o.layout;
-  if (!layout.micro_batch) layout.micro_batch = s.train.global_batch;  // no accumulation
   Plan plan;
   plan.model = s.model;
   plan.cluster = s.cluster;
   plan.train = s.train;
-  plan.layout = to_layout(layout, s.cluster);
+  plan.layout = to_layout(o.layout, s.cluster);
+  if (!o.layout.micro_batch) {
+    // No accumulation: each data-parallel rank takes its share of the global batch at once.
+    const std::int64_t dp = plan.layout.dp();
+    if (s.train.global_batch % dp != 0) {
+      throw InputError("the global batch of " + std::to_string(s.train.global_batch) +
+                       " sequences does not split over " + std::to_string(dp) +
+                       " data-parallel ranks; give --global-batch a multiple of " +
+                       std::to_string(dp) + " or set --micro-batch");
+    }
+    plan.layout.micro_batch = s.train.global_batch / dp;
+  }
   return plan;
 }
 
@@ -137,58 +150,7 @@ class Progress {
   std::vector<double> rates_;
 };
 
-// The CUDA backend: one GPU, the same data and run.jsonl as the CPU backend.
-void run_cuda(const TrainCmdOptions& o, const Plan& plan) {
-#ifndef MOETUNE_HAVE_CUDA
-  (void)o;
-  (void)plan;
-  throw InputError(
-      "--backend cuda: this moetune was built without the CUDA backend (configure with "
-      "-DMOETUNE_CUDA=ON where the CUDA toolkit is installed)");
-#else
-  for (const auto& [flag, set] :
-       {std::pair<const char*, bool>{"--checkpoint-dir", !o.checkpoint_dir.empty()},
-        {"--resume", o.resume},
-        {"--init-from", !o.init_from.empty()},
-        {"--export-hf", !o.export_hf.empty()}}) {
-    if (set) {
-      throw InputError(std::string(flag) +
-                       " is not supported on the CUDA backend yet (train on the CPU backend)");
-    }
-  }
-  executor::gpu::check_runnable_on_gpu(plan);
-  const executor::TokenBatches batches(o.data, static_cast<std::uint64_t>(plan.model.vocab_size),
-                                       plan.train.seq_len, plan.train.seed);
-  executor::gpu::GpuTrainOptions options;
-  options.steps = o.steps;
-  options.batch_source = [&](std::int64_t step, std::int64_t micro, std::int32_t* ids,
-                             std::int32_t* targets) {
-    batches.fill(step, micro, 0, 1, plan.layout.micro_batch, plan.train.global_batch, ids, targets);
-  };
-  executor::gpu::GpuTrainer trainer(plan, options);
-  std::unique_ptr<RunLogWriter> log;
-  if (!o.metrics.empty()) {
-    log = std::make_unique<RunLogWriter>(o.metrics, run_header_here(plan, "cuda", 0, 1, 1), false);
-  }
-  Progress progress(o, 0, !o.quiet && ::isatty(STDERR_FILENO) != 0);
-  trainer.run([&](const StepRecord& r) {
-    if (log) log->write(r);
-    progress.on_step(r);
-  });
-  progress.summary(plan, trainer.step(), "1 GPU");
-#endif
-}
-
-void run(const TrainCmdOptions& o, const CLI::App& cmd) {
-  if (o.plan.empty() == o.setup.model.empty()) {
-    throw InputError("train needs either --plan FILE or --model M");
-  }
-  const Plan plan = o.plan.empty() ? plan_from_flags(o) : plan_from_file(o, cmd);
-  const bool gpu_plan = plan.cluster.device.kind == DeviceKind::Gpu;
-  if (o.backend == "cuda" || (o.backend.empty() && gpu_plan)) {
-    run_cuda(o, plan);
-    return;
-  }
+executor::TrainOptions train_options(const TrainCmdOptions& o) {
   executor::TrainOptions t;
   t.steps = o.steps;
   t.data = o.data;
@@ -198,28 +160,97 @@ void run(const TrainCmdOptions& o, const CLI::App& cmd) {
   t.metrics = o.metrics;
   t.init_from = o.init_from;
   t.export_hf = o.export_hf;
-  // A plan for several ranks trains under MPI: `mpirun -np W moetune train --plan plan.json`.
+  return t;
+}
+
+// The GPU of this rank on its node: the launcher's node-local rank (mpirun or srun).
+int local_device() {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"}) {
+    if (const char* v = std::getenv(var); v != nullptr) return std::atoi(v);
+  }
+  return 0;
+}
+
+std::string where_text(const Plan& plan, const std::string& backend, bool in_process) {
+  const std::int64_t ranks = plan.layout.world_size();
+  std::string where = std::to_string(ranks) + (ranks == 1 ? " rank" : " ranks");
+  if (in_process && ranks > 1) where += " in one process";
+  if (backend == "cuda") where += ranks == 1 || in_process ? " on 1 GPU" : " on GPUs";
+  return where;
+}
+
+// --in-process: the plan's W ranks as W threads of this process, each with its own backend (on
+// the CUDA backend all on GPU 0, each with its own stream), talking through the in-process
+// communicator: a multi-rank plan on one machine without MPI, or on one GPU.
+void run_in_process(const TrainCmdOptions& o, const Plan& plan, const std::string& backend_name,
+                    const executor::TrainOptions& t) {
+  const int w = static_cast<int>(plan.layout.world_size());
+  if (backend_name == "cpu") {
+    // The ranks share this machine's cores.
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    kernels::cpu::set_kernel_threads(std::max(1, cores / w));
+  }
+  executor::InprocWorld world(w);
+  std::optional<Progress> progress;
+  std::int64_t last_step = 0;
+  executor::run_inproc_ranks(world, [&](int rank) {
+    const std::unique_ptr<executor::Backend> backend = executor::make_backend(backend_name, 0);
+    executor::ProcessGroups groups = executor::make_inproc_groups(
+        world, plan.layout, plan.cluster.devices_per_node, rank, backend.get());
+    executor::Trainer trainer(plan, t, &groups, backend.get());
+    if (rank != 0) {
+      trainer.run();
+      return;
+    }
+    progress.emplace(o, trainer.step(), !o.quiet && ::isatty(STDERR_FILENO) != 0);
+    trainer.run([&](const StepRecord& r) { progress->on_step(r); });
+    last_step = trainer.step();
+  });
+  progress->summary(plan, last_step, where_text(plan, backend_name, true).c_str());
+}
+
+void run(const TrainCmdOptions& o, const CLI::App& cmd) {
+  if (o.plan.empty() == o.setup.model.empty()) {
+    throw InputError("train needs either --plan FILE or --model M");
+  }
+  const Plan plan = o.plan.empty() ? plan_from_flags(o) : plan_from_file(o, cmd);
+  const bool gpu_plan = plan.cluster.device.kind == DeviceKind::Gpu;
+  const std::string backend_name = !o.backend.empty() ? o.backend : (gpu_plan ? "cuda" : "cpu");
+  const executor::TrainOptions t = train_options(o);
+  if (o.in_process) {
+    run_in_process(o, plan, backend_name, t);
+    return;
+  }
+  // A plan for several ranks trains under MPI: `mpirun -np W moetune train --plan plan.json`,
+  // each rank on its own backend (CPU ranks over MPI; one GPU per rank over NCCL).
   int rank = 0;
 #ifdef MOETUNE_HAVE_MPI
   std::unique_ptr<executor::MpiRuntime> mpi;  // finalises MPI after the groups below are freed
+  const bool several = executor::MpiRuntime::launched_with_several_ranks();
+#else
+  const bool several = false;
 #endif
+  const int device = backend_name == "cuda" ? local_device() : 0;
+  std::unique_ptr<executor::Backend> backend = executor::make_backend(backend_name, device);
   executor::ProcessGroups groups;
   executor::ProcessGroups* group_ptr = nullptr;
+  if (several) {
 #ifdef MOETUNE_HAVE_MPI
-  if (executor::MpiRuntime::launched_with_several_ranks()) {
     mpi = std::make_unique<executor::MpiRuntime>(nullptr, nullptr);
-    groups = executor::make_mpi_groups(plan.layout, plan.cluster.devices_per_node);
+    if (backend_name == "cpu") {
+      groups = executor::make_mpi_groups(plan.layout, plan.cluster.devices_per_node);
+    } else {
+      groups = executor::make_device_groups(*backend, plan.layout, plan.cluster.devices_per_node);
+    }
     group_ptr = &groups;
     rank = groups.world->rank();
-  }
 #endif
-  executor::Trainer trainer(plan, t, group_ptr);
+  }
+  executor::Trainer trainer(plan, t, group_ptr, backend.get());
   Progress progress(o, trainer.step(), rank == 0 && !o.quiet && ::isatty(STDERR_FILENO) != 0);
   trainer.run([&](const StepRecord& r) { progress.on_step(r); });
   if (rank != 0) return;
-  const std::int64_t ranks = plan.layout.world_size();
-  const std::string where = std::to_string(ranks) + (ranks == 1 ? " rank" : " ranks");
-  progress.summary(plan, trainer.step(), where.c_str());
+  progress.summary(plan, trainer.step(), where_text(plan, backend_name, false).c_str());
 }
 
 }  // namespace
@@ -244,8 +275,11 @@ void register_train(CLI::App& app) {
   cmd->add_option("--export-hf", o->export_hf,
                   "write config.json + model.safetensors here at the end");
   cmd->add_flag("--quiet", o->quiet, "no progress line");
-  cmd->add_option("--backend", o->backend,
-                  "cpu or cuda (one GPU); default: cuda for a plan on a GPU cluster, else cpu")
+  cmd->add_flag("--in-process", o->in_process,
+                "run the plan's ranks as threads of this process (CPU, or all on GPU 0)");
+  cmd->add_option(
+         "--backend", o->backend,
+         "cpu or cuda (one GPU per rank); default: cuda for a plan on a GPU cluster, else cpu")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->callback([o, cmd] { run(*o, *cmd); });
 }

@@ -20,9 +20,6 @@
 #include "core/error.hpp"
 #include "core/host_load.hpp"
 #include "executor/trainer.hpp"
-#ifdef MOETUNE_HAVE_CUDA
-#include "executor/cuda/gpu_trainer.hpp"
-#endif
 #include "simulator/calibration.hpp"
 #include "simulator/simulator.hpp"
 
@@ -78,13 +75,8 @@ std::vector<planner::Candidate> runnable(const planner::SearchResult& result, co
     if (std::find(seen.begin(), seen.end(), key) != seen.end()) continue;
     Plan plan{setup.model, setup.cluster, setup.train, c.layout, std::nullopt};
     try {
-      if (setup.cluster.device.kind == DeviceKind::Gpu) {
-#ifdef MOETUNE_HAVE_CUDA
-        executor::gpu::check_runnable_on_gpu(plan);  // one GPU so far
-#endif
-      } else {
-        executor::check_runnable_on_cpu(plan, c.layout.world_size());
-      }
+      const char* backend = setup.cluster.device.kind == DeviceKind::Gpu ? "cuda" : "cpu";
+      executor::check_runnable(plan, backend, c.layout.world_size());
     } catch (const InputError&) {
       continue;
     }
@@ -137,7 +129,7 @@ void run(const TuneOptions& o) {
       runnable(planner::search(setup.model, profile, setup.train, search), setup);
   if (ranking.empty()) {
     throw InputError("no layout of " + setup.model.name + " fits " + setup.cluster.name +
-                     " and runs on this machine's executor (CPU ranks, or one GPU); see moetune "
+                     " and runs on this machine's executor (CPU ranks, or GPUs); see moetune "
                      "explain");
   }
   const std::vector<planner::Candidate> initial_ranking = ranking;

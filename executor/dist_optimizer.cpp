@@ -5,8 +5,15 @@
 
 namespace moetune::executor {
 
-DistributedOptimizer::DistributedOptimizer(const std::vector<ShardUnit>& units, bool sharded,
-                                           Communicator& dense, Communicator& expert) {
+namespace {
+std::size_t bytes(std::int64_t floats) {
+  return static_cast<std::size_t>(floats) * sizeof(float);
+}
+}  // namespace
+
+DistributedOptimizer::DistributedOptimizer(Backend& be, const std::vector<ShardUnit>& units,
+                                           bool sharded, Communicator& dense, Communicator& expert)
+    : be_(be) {
   std::int64_t staging = 0;
   for (std::size_t i = 0; i < units.size(); ++i) {
     const ShardUnit& u = units[i];
@@ -27,8 +34,8 @@ DistributedOptimizer::DistributedOptimizer(const std::vector<ShardUnit>& units, 
     owned_floats_ += p.chunk;
     staging = std::max(staging, p.chunk * r);
   }
-  send_.resize(static_cast<std::size_t>(staging));
-  recv_.resize(static_cast<std::size_t>(staging));
+  send_.resize(be, staging, DType::F32);
+  recv_.resize(be, staging, DType::F32);
 }
 
 void DistributedOptimizer::reduce_scatter(float* grads) {
@@ -37,10 +44,10 @@ void DistributedOptimizer::reduce_scatter(float* grads) {
     const Owned& o = owned_[i];
     if (p.group->size() == 1) continue;
     const std::int64_t padded = p.chunk * p.group->size();
-    std::copy(grads + p.base, grads + p.base + p.count, send_.begin());
-    std::fill(send_.begin() + p.count, send_.begin() + padded, 0.0f);
-    p.group->reduce_scatter(send_.data(), recv_.data(), p.chunk);
-    std::copy(recv_.begin(), recv_.begin() + o.count, grads + o.at);
+    be_.copy(send_.f32(), grads + p.base, bytes(p.count));
+    be_.zero(send_.f32() + p.count, bytes(padded - p.count));
+    p.group->reduce_scatter(send_.f32(), recv_.f32(), p.chunk);
+    be_.copy(grads + o.at, recv_.f32(), bytes(o.count));
   }
 }
 
@@ -49,10 +56,10 @@ void DistributedOptimizer::all_gather(float* params) {
     const Piece& p = pieces_[i];
     const Owned& o = owned_[i];
     if (p.group->size() == 1) continue;
-    std::copy(params + o.at, params + o.at + o.count, send_.begin());
-    std::fill(send_.begin() + o.count, send_.begin() + p.chunk, 0.0f);
-    p.group->all_gather(send_.data(), recv_.data(), p.chunk);
-    std::copy(recv_.begin(), recv_.begin() + p.count, params + p.base);
+    be_.copy(send_.f32(), params + o.at, bytes(o.count));
+    be_.zero(send_.f32() + o.count, bytes(p.chunk - o.count));
+    p.group->all_gather(send_.f32(), recv_.f32(), p.chunk);
+    be_.copy(params + p.base, recv_.f32(), bytes(p.count));
   }
 }
 
@@ -60,8 +67,8 @@ void DistributedOptimizer::gather_state(const float* owned_state, float* whole) 
   for (std::size_t i = 0; i < pieces_.size(); ++i) {
     const Piece& p = pieces_[i];
     const Owned& o = owned_[i];
-    p.group->all_gather(owned_state + o.state, recv_.data(), p.chunk);
-    std::copy(recv_.begin(), recv_.begin() + p.count, whole + p.base);
+    p.group->all_gather(owned_state + o.state, recv_.f32(), p.chunk);
+    be_.copy(whole + p.base, recv_.f32(), bytes(p.count));
   }
 }
 
@@ -69,8 +76,8 @@ void DistributedOptimizer::take_state(const float* whole, float* owned_state) co
   for (std::size_t i = 0; i < pieces_.size(); ++i) {
     const Owned& o = owned_[i];
     float* out = owned_state + o.state;
-    std::fill(out, out + pieces_[i].chunk, 0.0f);
-    std::copy(whole + o.at, whole + o.at + o.count, out);
+    be_.zero(out, bytes(pieces_[i].chunk));
+    be_.copy(out, whole + o.at, bytes(o.count));
   }
 }
 

@@ -13,6 +13,7 @@
 #include <functional>
 #include <vector>
 
+#include "executor/backend.hpp"
 #include "executor/comm/communicator.hpp"
 #include "executor/sharding.hpp"
 
@@ -22,8 +23,8 @@ class DistributedOptimizer {
  public:
   // `units` index the state vector: by shard_offset when `sharded` (the concatenated hs shards),
   // else by begin (the whole local flat buffer). Each unit's chunk count is its size (u.shard).
-  DistributedOptimizer(const std::vector<ShardUnit>& units, bool sharded, Communicator& dense,
-                       Communicator& expert);
+  DistributedOptimizer(Backend& be, const std::vector<ShardUnit>& units, bool sharded,
+                       Communicator& dense, Communicator& expert);
 
   // Floats of Adam state (per moment) this rank keeps: a whole chunk per unit, padded.
   std::int64_t owned_floats() const { return owned_floats_; }
@@ -37,8 +38,8 @@ class DistributedOptimizer {
   };
   const std::vector<Owned>& owned() const { return owned_; }
 
-  // grads: afterwards each owned range holds the sum over the unit's replicas (the rest of the
-  // vector is left as it was and must not be used).
+  // Vectors live in the backend's memory. grads: afterwards each owned range holds the sum over
+  // the unit's replicas (the rest of the vector is left as it was and must not be used).
   void reduce_scatter(float* grads);
   // params: every rank's owned ranges, updated, gathered back into the whole vector.
   void all_gather(float* params);
@@ -55,7 +56,8 @@ class DistributedOptimizer {
   std::vector<Piece> pieces_;
   std::vector<Owned> owned_;
   std::int64_t owned_floats_ = 0;
-  std::vector<float> send_, recv_;  // staging, one padded unit
+  Backend& be_;
+  Buffer send_, recv_;  // staging, one padded unit
 };
 
 }  // namespace moetune::executor

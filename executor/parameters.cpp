@@ -7,6 +7,7 @@
 
 #include "core/error.hpp"
 #include "executor/io/synth.hpp"
+#include "kernels/cpu/parallel.hpp"
 
 namespace moetune::executor {
 
@@ -107,23 +108,38 @@ const ParamTensor& ParameterLayout::find(const std::string& name) const {
   throw InputError("no parameter named " + name);
 }
 
+namespace {
+
+void initialise_tensor(const ParameterLayout& layout, const ParamTensor& t, float* params,
+                       std::uint64_t seed, double std) {
+  // One stream per tensor, keyed by its name (FNV-1a), so every layout draws the same values.
+  std::uint64_t key = 0xcbf29ce484222325ULL;
+  for (unsigned char ch : t.name)
+    key = (key ^ ch) * 0x100000001b3ULL;
+  Xoshiro256 rng(seed ^ key);
+  // Draw the whole tensor, then keep this rank's block: every tp degree starts alike.
+  std::int64_t full = 1;
+  for (std::int64_t d : t.full_shape)
+    full *= d;
+  std::vector<float> values(static_cast<std::size_t>(full));
+  for (float& v : values)
+    v = t.is_norm ? 1.0f : static_cast<float>(std * normal(rng));
+  layout.take_block(t, values.data(), params + t.offset);
+}
+
+}  // namespace
+
 void initialise_parameters(const ParameterLayout& layout, float* params, std::uint64_t seed,
                            double std) {
-  for (const ParamTensor& t : layout.tensors()) {
-    // One stream per tensor, keyed by its name (FNV-1a), so every layout draws the same values.
-    std::uint64_t key = 0xcbf29ce484222325ULL;
-    for (unsigned char ch : t.name)
-      key = (key ^ ch) * 0x100000001b3ULL;
-    Xoshiro256 rng(seed ^ key);
-    // Draw the whole tensor, then keep this rank's block: every tp degree starts alike.
-    std::int64_t full = 1;
-    for (std::int64_t d : t.full_shape)
-      full *= d;
-    std::vector<float> values(static_cast<std::size_t>(full));
-    for (float& v : values)
-      v = t.is_norm ? 1.0f : static_cast<float>(std * normal(rng));
-    layout.take_block(t, values.data(), params + t.offset);
-  }
+  // Tensors draw from their own streams, so they can be drawn in parallel (billions of
+  // parameters for a full-size layer) with the same values.
+  const std::vector<ParamTensor>& tensors = layout.tensors();
+  kernels::cpu::parallel_for(
+      static_cast<std::int64_t>(tensors.size()), 1, [&](std::int64_t begin, std::int64_t end) {
+        for (std::int64_t i = begin; i < end; ++i) {
+          initialise_tensor(layout, tensors[static_cast<std::size_t>(i)], params, seed, std);
+        }
+      });
 }
 
 }  // namespace moetune::executor

@@ -7,7 +7,6 @@
 #include "core/error.hpp"
 #include "core/mesh.hpp"
 #include "executor/io/checkpoint.hpp"
-#include "executor/mixtral.hpp"
 
 namespace moetune::executor {
 
@@ -59,9 +58,13 @@ void put_shards(const std::vector<ShardUnit>& units, std::int64_t hs_rank, const
   }
 }
 
-ShardedParameters::ShardedParameters(const ParameterLayout& layout, const ModelSpec& model,
-                                     Communicator& hs, Communicator* tp)
-    : layout_(layout), hs_(hs), tp_(tp != nullptr && tp->size() > 1 ? tp : nullptr) {
+ShardedParameters::ShardedParameters(Backend& be, const ParameterLayout& layout,
+                                     const ModelSpec& model, Communicator& hs, Communicator* tp)
+    : be_(be),
+      layout_(layout),
+      hs_(hs),
+      tp_(tp != nullptr && tp->size() > 1 ? tp : nullptr),
+      act_(be.act_type()) {
   const std::int64_t size = hs_.size();
   units_ = shard_units(layout, model, size);
   // shard_units lists the embedding, each layer's dense part and experts, then the final norm
@@ -91,33 +94,43 @@ ShardedParameters::ShardedParameters(const ParameterLayout& layout, const ModelS
     const std::int64_t g = group_of(unit_of(t.offset));
     group_norms_[static_cast<std::size_t>(g)].push_back({t.offset, t.numel});
   }
-  master_.assign(static_cast<std::size_t>(shard_floats(units_)), 0.0f);
-  grad_shard_.assign(master_.size(), 0.0f);
+  const std::int64_t floats = executor::shard_floats(units_);
+  master_.resize(be, floats, DType::F32);
+  grad_shard_.resize(be, floats, DType::F32);
+  be.zero(master_.data(), master_.bytes());
+  be.zero(grad_shard_.data(), grad_shard_.bytes());
+  if (act_ != DType::F32) {
+    working_.resize(be, floats, act_);
+    be.zero(working_.data(), working_.bytes());
+  }
   for (int s = 0; s < 2; ++s) {
-    slots_[s].assign(static_cast<std::size_t>(slot_floats_), 0.0f);
-    grad_slots_[s].assign(static_cast<std::size_t>(slot_floats_), 0.0f);
+    slots_[s].resize(be, slot_floats_, act_);
+    grad_slots_[s].resize(be, slot_floats_, DType::F32);
+    be.zero(slots_[s].data(), slots_[s].bytes());
+    be.zero(grad_slots_[s].data(), grad_slots_[s].bytes());
   }
 }
 
 double ShardedParameters::gathered_bytes() const {
-  return 4.0 * static_cast<double>(slots_[0].size() + slots_[1].size());
+  return static_cast<double>(slots_[0].bytes() + slots_[1].bytes());
 }
 
 double ShardedParameters::gradient_slot_bytes() const {
-  return 4.0 * static_cast<double>(grad_slots_[0].size() + grad_slots_[1].size());
+  return static_cast<double>(grad_slots_[0].bytes() + grad_slots_[1].bytes());
 }
 
 void ShardedParameters::zero_grad() {
-  std::fill(grad_shard_.begin(), grad_shard_.end(), 0.0f);
+  be_.zero(grad_shard_.data(), grad_shard_.bytes());
 }
 
 std::vector<float> ShardedParameters::gather_all() {
   std::vector<float> whole(static_cast<std::size_t>(layout_.numel()));
-  std::vector<float> staging;
+  Buffer staging;
   for (const ShardUnit& u : units_) {
-    staging.resize(static_cast<std::size_t>(u.shard * hs_.size()));
-    hs_.all_gather(master_.data() + u.shard_offset, staging.data(), u.shard);
-    std::copy(staging.begin(), staging.begin() + (u.end - u.begin), whole.begin() + u.begin);
+    staging.resize(be_, u.shard * hs_.size(), DType::F32);
+    hs_.all_gather(master_.f32() + u.shard_offset, staging.f32(), u.shard);
+    be_.copy_to_host(whole.data() + u.begin, staging.data(),
+                     static_cast<std::size_t>(u.end - u.begin) * sizeof(float));
   }
   return whole;
 }
@@ -132,18 +145,27 @@ std::int64_t ShardedParameters::group_of(std::int64_t unit) const {
   return unit_group_[static_cast<std::size_t>(unit)];
 }
 
+std::int64_t ShardedParameters::slot_index(std::int64_t offset) const {
+  const std::int64_t u = unit_of(offset);
+  return unit_slot_offset_[static_cast<std::size_t>(u)] +
+         (offset - units_[static_cast<std::size_t>(u)].begin);
+}
+
 void ShardedParameters::gather(std::int64_t group, int slot) {
+  const std::size_t elem = dtype_size(act_);
+  auto* shards = static_cast<const char*>(working());
+  auto* out = static_cast<char*>(slots_[slot].data());
   for (std::int64_t u : groups_[static_cast<std::size_t>(group)]) {
     const ShardUnit& unit = units_[static_cast<std::size_t>(u)];
-    hs_.all_gather(master_.data() + unit.shard_offset,
-                   slots_[slot].data() + unit_slot_offset_[static_cast<std::size_t>(u)],
-                   unit.shard);
+    hs_.all_gather(
+        shards + static_cast<std::size_t>(unit.shard_offset) * elem,
+        out + static_cast<std::size_t>(unit_slot_offset_[static_cast<std::size_t>(u)]) * elem,
+        unit.shard, act_);
   }
   slot_group_[slot] = group;
 }
 
 void ShardedParameters::acquire(std::int64_t group, bool backward) {
-  backward_ = backward;
   int slot = slot_group_[0] == group ? 0 : (slot_group_[1] == group ? 1 : -1);
   if (slot < 0) {
     slot = slot_group_[0] < 0 ? 0 : 1;
@@ -159,7 +181,7 @@ void ShardedParameters::acquire(std::int64_t group, bool backward) {
   if (backward) {
     const int g = grad_slot_group_[0] < 0 ? 0 : 1;
     MOETUNE_CHECK(grad_slot_group_[g] < 0, "both gradient slots in use");
-    std::fill(grad_slots_[g].begin(), grad_slots_[g].end(), 0.0f);
+    be_.zero(grad_slots_[g].data(), grad_slots_[g].bytes());
     grad_slot_group_[g] = group;
   }
 }
@@ -183,17 +205,12 @@ void ShardedParameters::end_pass(bool backward) {
 
 void ShardedParameters::reduce_scatter(int grad_slot) {
   const std::int64_t group = grad_slot_group_[grad_slot];
-  float* slot = grad_slots_[grad_slot].data();
-  auto at = [&](std::int64_t offset) {
-    const std::int64_t u = unit_of(offset);
-    return slot + unit_slot_offset_[static_cast<std::size_t>(u)] +
-           (offset - units_[static_cast<std::size_t>(u)].begin);
-  };
+  float* slot = grad_slots_[grad_slot].f32();
   // Norm weights see only this rank's sequence chunk under sequence parallelism: their gradients
   // are summed over tp first.
   if (tp_ != nullptr) {
     for (const Range& r : group_norms_[static_cast<std::size_t>(group)])
-      tp_->all_reduce(at(r.offset), r.numel);
+      tp_->all_reduce(slot + slot_index(r.offset), r.numel);
   }
   // Each unit is reduce-scattered into this rank's shard accumulator. The accumulator joins the
   // sum through this rank's own segment, so no second buffer is needed.
@@ -201,11 +218,9 @@ void ShardedParameters::reduce_scatter(int grad_slot) {
   for (std::int64_t u : groups_[static_cast<std::size_t>(group)]) {
     const ShardUnit& unit = units_[static_cast<std::size_t>(u)];
     float* segment = slot + unit_slot_offset_[static_cast<std::size_t>(u)];
-    float* own = segment + rank * unit.shard;
-    const float* acc = grad_shard_.data() + unit.shard_offset;
-    for (std::int64_t i = 0; i < unit.shard; ++i)
-      own[i] += acc[i];
-    hs_.reduce_scatter(segment, grad_shard_.data() + unit.shard_offset, unit.shard);
+    float* acc = grad_shard_.f32() + unit.shard_offset;
+    be_.accumulate(segment + rank * unit.shard, acc, unit.shard, DType::F32);
+    hs_.reduce_scatter(segment, acc, unit.shard);
   }
   grad_slot_group_[grad_slot] = -1;
 }
@@ -218,20 +233,17 @@ int ShardedParameters::grad_slot_of(std::int64_t group) const {
   return -1;
 }
 
-const float* ShardedParameters::param(std::int64_t offset) {
-  const std::int64_t u = unit_of(offset);
-  const std::int64_t group = group_of(u);
+const void* ShardedParameters::param(std::int64_t offset) {
+  const std::int64_t group = group_of(unit_of(offset));
   const int slot = slot_group_[0] == group ? 0 : (slot_group_[1] == group ? 1 : -1);
   MOETUNE_CHECK(slot >= 0, "a parameter read while its group is not acquired");
-  return slots_[slot].data() + unit_slot_offset_[static_cast<std::size_t>(u)] +
-         (offset - units_[static_cast<std::size_t>(u)].begin);
+  return static_cast<const char*>(slots_[slot].data()) +
+         static_cast<std::size_t>(slot_index(offset)) * dtype_size(act_);
 }
 
 float* ShardedParameters::grad(std::int64_t offset) {
-  const std::int64_t u = unit_of(offset);
-  const std::int64_t group = group_of(u);
-  return grad_slots_[grad_slot_of(group)].data() + unit_slot_offset_[static_cast<std::size_t>(u)] +
-         (offset - units_[static_cast<std::size_t>(u)].begin);
+  const std::int64_t group = group_of(unit_of(offset));
+  return grad_slots_[grad_slot_of(group)].f32() + slot_index(offset);
 }
 
 std::filesystem::path rank_checkpoint_root(const std::filesystem::path& checkpoint_dir,

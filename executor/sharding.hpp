@@ -11,8 +11,9 @@
 #include <vector>
 
 #include "core/plan.hpp"
+#include "executor/backend.hpp"
 #include "executor/comm/communicator.hpp"
-#include "executor/mixtral.hpp"
+#include "executor/param_access.hpp"
 #include "executor/parameters.hpp"
 
 namespace moetune::executor {
@@ -34,28 +35,33 @@ void take_shards(const std::vector<ShardUnit>& units, std::int64_t hs_rank, cons
 void put_shards(const std::vector<ShardUnit>& units, std::int64_t hs_rank, const float* shards,
                 float* flat);
 
-// Hybrid sharding (FSDP style) of one rank's parameters over its hs group. The rank holds only
-// its shards: fp32 master parameters and fp32 gradient accumulators. The model reads a parameter
-// group (the embedding, a layer's dense part and experts, the final norm and head) from one of
-// two gather slots: acquiring group g all-gathers it unless it was prefetched, then prefetches
-// the next group of the pass into the other slot; releasing frees the slot. In backward a group's
-// gradients go to one of two gradient slots; a released group's slot is reduce-scattered into the
-// shard accumulators when the next group is released (the order in which a GPU overlaps that
-// reduce-scatter with the next layer's backward), or at the end of the pass. So a rank holds, per
-// parameter group, shards plus at most two gathered groups and two groups of gradients, exactly
-// what the simulator's memory model counts. (Communication is blocking on this backend, so the
-// prefetch sets the order and memory of the real schedule but hides no time.)
+// Hybrid sharding (FSDP style) of one rank's parameters over its hs group, in the backend's
+// memory. The rank holds only its shards: fp32 master parameters, fp32 gradient accumulators
+// and (when the backend computes in another type) the working copy of its shards. The model
+// reads a parameter group (the embedding, a layer's dense part and experts, the final norm and
+// head) from one of two gather slots: acquiring group g all-gathers its working shards unless
+// it was prefetched, then prefetches the next group of the pass into the other slot; releasing
+// frees the slot. In backward a group's gradients go to one of two fp32 gradient slots; a
+// released group's slot is reduce-scattered into the shard accumulators when the next group is
+// released (the order in which a GPU overlaps that reduce-scatter with the next layer's
+// backward), or at the end of the pass. So a rank holds, per parameter group, shards plus at
+// most two gathered groups and two groups of gradients, exactly what the simulator's memory
+// model counts. (Communication is blocking, so the prefetch sets the order and memory of the
+// real schedule but hides no time.)
 class ShardedParameters final : public ParameterAccess {
  public:
   // `tp` (may be null) sums norm gradients over tensor-parallel ranks before the reduce-scatter.
-  ShardedParameters(const ParameterLayout& layout, const ModelSpec& model, Communicator& hs,
-                    Communicator* tp);
+  ShardedParameters(Backend& be, const ParameterLayout& layout, const ModelSpec& model,
+                    Communicator& hs, Communicator* tp);
 
   const std::vector<ShardUnit>& units() const { return units_; }
-  std::vector<float>& master() { return master_; }
-  const std::vector<float>& master() const { return master_; }
-  std::vector<float>& grad_shard() { return grad_shard_; }
-  const std::vector<float>& grad_shard() const { return grad_shard_; }
+  float* master() { return master_.f32(); }
+  float* grad_shard() { return grad_shard_.f32(); }
+  // The working copy of this rank's shards: the master itself when the backend computes in
+  // fp32, else its own buffer (refreshed by the optimizer).
+  void* working() { return working_.empty() ? master_.data() : working_.data(); }
+  bool separate_working() const { return !working_.empty(); }
+  std::int64_t shard_floats() const { return master_.count(); }
   // Floats of one gather slot (the largest group, each unit padded to whole shards).
   std::int64_t slot_floats() const { return slot_floats_; }
   // Bytes held: gathered parameter slots, and gradient slots.
@@ -63,13 +69,14 @@ class ShardedParameters final : public ParameterAccess {
   double gradient_slot_bytes() const;
 
   void zero_grad();
-  // The whole local parameter buffer (a collective over hs: every rank of the group calls it).
+  // The whole local fp32 parameters on the host (a collective over hs: every rank of the group
+  // calls it).
   std::vector<float> gather_all();
 
   void acquire(std::int64_t group, bool backward) override;
   void release(std::int64_t group, bool backward) override;
   void end_pass(bool backward) override;
-  const float* param(std::int64_t offset) override;
+  const void* param(std::int64_t offset) override;
   float* grad(std::int64_t offset) override;
 
  private:
@@ -81,23 +88,26 @@ class ShardedParameters final : public ParameterAccess {
   void gather(std::int64_t group, int slot);
   void reduce_scatter(int grad_slot);
   int grad_slot_of(std::int64_t group) const;
+  // Where offset lands in a slot of this group's layout.
+  std::int64_t slot_index(std::int64_t offset) const;
 
+  Backend& be_;
   const ParameterLayout& layout_;
   Communicator& hs_;
   Communicator* tp_;
+  DType act_;
   std::vector<ShardUnit> units_;
   std::vector<std::int64_t> unit_begins_;          // units_[i].begin, for lookups
   std::vector<std::int64_t> unit_group_;           // the group each unit belongs to
   std::vector<std::int64_t> unit_slot_offset_;     // unit's place in its group's slot
   std::vector<std::vector<std::int64_t>> groups_;  // units of each group
   std::vector<std::vector<Range>> group_norms_;    // norm tensors of each group
-  std::vector<float> master_, grad_shard_;
+  Buffer master_, grad_shard_, working_;
   std::int64_t slot_floats_ = 0;
-  std::vector<float> slots_[2], grad_slots_[2];
+  Buffer slots_[2], grad_slots_[2];
   std::int64_t slot_group_[2] = {-1, -1};       // group gathered in each slot, -1: free
   std::int64_t grad_slot_group_[2] = {-1, -1};  // group whose gradients each slot holds
   int pending_ = -1;                            // gradient slot waiting for its reduce-scatter
-  bool backward_ = false;                       // direction of the current pass
 };
 
 // Whole tensors (parameters and Adam moments) of a step's checkpoint written by `saved` (any

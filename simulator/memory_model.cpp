@@ -304,7 +304,8 @@ MemoryBreakdown Simulator::memory(const Layout& l, double* host_bytes_per_node,
       const double counts = 8.0 * static_cast<double>(m.num_local_experts);
       stage_saved = layers * act.input + moe_layers * counts;
       per_layer_saved = act.input + (sp.moe_layers > 0 ? counts : 0.0);
-      working_set += sp.moe_layers > 0 ? full_moe : full_dense;
+      // The layer being recomputed reads its saved input in place.
+      working_set += (sp.moe_layers > 0 ? full_moe : full_dense) - act.input;
     }
     double saved = in_flight * stage_saved;
     if (l.activation_offload) {
@@ -322,8 +323,9 @@ MemoryBreakdown Simulator::memory(const Layout& l, double* host_bytes_per_node,
       // place.
       mem.activations += 2.0 * a * T * h / l.tp + 4.0 * T / l.tp +
                          4.0 * T * static_cast<double>(m.vocab_size) / static_cast<double>(l.tp);
-      // Vocab-parallel loss (tp > 1): each token's log-sum-exp over the whole vocabulary, fp64.
-      if (l.tp > 1) mem.activations += 8.0 * T;
+      // The loss: each token's log-sum-exp and its target logit (then its loss), fp32; with a
+      // vocabulary split over tp also every rank's partial log-sum-exp.
+      mem.activations += 8.0 * T + (l.tp > 1 ? 4.0 * static_cast<double>(l.tp) * T : 0.0);
     }
     // RoPE's cos and sin tables [seq, head_dim / 2] each, shared by every layer.
     mem.activations += a * static_cast<double>(train_.seq_len * m.head_dim);

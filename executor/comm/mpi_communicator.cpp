@@ -29,6 +29,29 @@ void check(int rc, const char* what) {
   }
 }
 
+// Moving data needs only the element size; bf16 travels as 16-bit words.
+MPI_Datatype mpi_type(DType type) {
+  switch (type) {
+    case DType::F32:
+      return MPI_FLOAT;
+    case DType::F64:
+      return MPI_DOUBLE;
+    case DType::I32:
+      return MPI_INT32_T;
+    case DType::I64:
+      return MPI_INT64_T;
+    case DType::BF16:
+      return MPI_UINT16_T;
+  }
+  return MPI_BYTE;
+}
+
+// Sums need an arithmetic type: MPI has none for bf16 (the CPU backend computes in fp32).
+MPI_Datatype sum_type(DType type) {
+  MOETUNE_CHECK(type != DType::BF16, "the MPI communicator cannot sum bf16 buffers");
+  return mpi_type(type);
+}
+
 class Timer {
  public:
   Timer() : start_(std::chrono::steady_clock::now()) {}
@@ -53,74 +76,58 @@ class MpiCommunicator final : public Communicator {
   int size() const override { return size_; }
   std::string backend() const override { return "mpi"; }
 
-  void all_gather(const float* send, float* recv, std::int64_t count) override {
+ protected:
+  void do_all_gather(const void* send, void* recv, std::int64_t count, DType type) override {
     Timer t;
-    check(MPI_Allgather(send, to_int(count, "all_gather"), MPI_FLOAT, recv,
-                        to_int(count, "all_gather"), MPI_FLOAT, comm_),
-          "MPI_Allgather");
-    record("all_gather", 4.0 * static_cast<double>(count * size_), t.seconds());
+    const int n = to_int(count, "all_gather");
+    check(MPI_Allgather(send, n, mpi_type(type), recv, n, mpi_type(type), comm_), "MPI_Allgather");
+    record("all_gather", bytes(count * size_, type), t.seconds());
   }
-  void reduce_scatter(const float* send, float* recv, std::int64_t count) override {
+  void do_reduce_scatter(const void* send, void* recv, std::int64_t count, DType type) override {
     Timer t;
-    check(MPI_Reduce_scatter_block(send, recv, to_int(count, "reduce_scatter"), MPI_FLOAT, MPI_SUM,
-                                   comm_),
+    check(MPI_Reduce_scatter_block(send, recv, to_int(count, "reduce_scatter"), sum_type(type),
+                                   MPI_SUM, comm_),
           "MPI_Reduce_scatter_block");
-    record("reduce_scatter", 4.0 * static_cast<double>(count * size_), t.seconds());
+    record("reduce_scatter", bytes(count * size_, type), t.seconds());
   }
-  void all_reduce(float* data, std::int64_t count) override {
+  void do_all_reduce(void* data, std::int64_t count, DType type) override {
     Timer t;
-    check(MPI_Allreduce(MPI_IN_PLACE, data, to_int(count, "all_reduce"), MPI_FLOAT, MPI_SUM, comm_),
+    check(MPI_Allreduce(MPI_IN_PLACE, data, to_int(count, "all_reduce"), sum_type(type), MPI_SUM,
+                        comm_),
           "MPI_Allreduce");
-    record("all_reduce", 4.0 * static_cast<double>(count), t.seconds());
+    record("all_reduce", bytes(count, type), t.seconds());
   }
-  void all_reduce(double* data, std::int64_t count) override {
+  void do_all_to_all(const void* send, std::span<const std::int64_t> send_counts, void* recv,
+                     std::span<const std::int64_t> recv_counts, DType type) override {
     Timer t;
-    check(
-        MPI_Allreduce(MPI_IN_PLACE, data, to_int(count, "all_reduce"), MPI_DOUBLE, MPI_SUM, comm_),
-        "MPI_Allreduce");
-    record("all_reduce", 8.0 * static_cast<double>(count), t.seconds());
+    const double sent = alltoallv(send, send_counts, recv, recv_counts, mpi_type(type));
+    record("all_to_all", sent * static_cast<double>(dtype_size(type)), t.seconds());
   }
-  void all_reduce(std::int64_t* data, std::int64_t count) override {
+  void do_broadcast(void* data, std::int64_t count, DType type, int root) override {
     Timer t;
-    check(
-        MPI_Allreduce(MPI_IN_PLACE, data, to_int(count, "all_reduce"), MPI_INT64_T, MPI_SUM, comm_),
-        "MPI_Allreduce");
-    record("all_reduce", 8.0 * static_cast<double>(count), t.seconds());
+    check(MPI_Bcast(data, to_int(count, "broadcast"), mpi_type(type), root, comm_), "MPI_Bcast");
+    record("broadcast", bytes(count, type), t.seconds());
   }
-  void all_to_all(const float* send, std::span<const std::int64_t> send_counts, float* recv,
-                  std::span<const std::int64_t> recv_counts) override {
+  void do_barrier() override { check(MPI_Barrier(comm_), "MPI_Barrier"); }
+  void do_send(const void* data, std::int64_t count, DType type, int peer) override {
     Timer t;
-    const double bytes = alltoallv(send, send_counts, recv, recv_counts, MPI_FLOAT, 4);
-    record("all_to_all", bytes, t.seconds());
+    check(MPI_Send(data, to_int(count, "send"), mpi_type(type), peer, 0, comm_), "MPI_Send");
+    record("p2p", bytes(count, type), t.seconds());
   }
-  void all_to_all(const std::int64_t* send, std::span<const std::int64_t> send_counts,
-                  std::int64_t* recv, std::span<const std::int64_t> recv_counts) override {
+  void do_recv(void* data, std::int64_t count, DType type, int peer) override {
     Timer t;
-    const double bytes = alltoallv(send, send_counts, recv, recv_counts, MPI_INT64_T, 8);
-    record("all_to_all", bytes, t.seconds());
-  }
-  void broadcast(float* data, std::int64_t count, int root) override {
-    Timer t;
-    check(MPI_Bcast(data, to_int(count, "broadcast"), MPI_FLOAT, root, comm_), "MPI_Bcast");
-    record("broadcast", 4.0 * static_cast<double>(count), t.seconds());
-  }
-  void barrier() override { check(MPI_Barrier(comm_), "MPI_Barrier"); }
-  void send(const float* data, std::int64_t count, int peer) override {
-    Timer t;
-    check(MPI_Send(data, to_int(count, "send"), MPI_FLOAT, peer, 0, comm_), "MPI_Send");
-    record("p2p", 4.0 * static_cast<double>(count), t.seconds());
-  }
-  void recv(float* data, std::int64_t count, int peer) override {
-    Timer t;
-    check(MPI_Recv(data, to_int(count, "recv"), MPI_FLOAT, peer, 0, comm_, MPI_STATUS_IGNORE),
+    check(MPI_Recv(data, to_int(count, "recv"), mpi_type(type), peer, 0, comm_, MPI_STATUS_IGNORE),
           "MPI_Recv");
     record("p2p", 0.0, t.seconds());
   }
 
  private:
+  static double bytes(std::int64_t count, DType type) {
+    return static_cast<double>(count) * static_cast<double>(dtype_size(type));
+  }
+  // Elements sent to other ranks.
   double alltoallv(const void* send, std::span<const std::int64_t> send_counts, void* recv,
-                   std::span<const std::int64_t> recv_counts, MPI_Datatype type,
-                   std::size_t elem_bytes) {
+                   std::span<const std::int64_t> recv_counts, MPI_Datatype type) {
     MOETUNE_CHECK(send_counts.size() == static_cast<std::size_t>(size_) &&
                       recv_counts.size() == static_cast<std::size_t>(size_),
                   "all_to_all: one count per peer");
@@ -138,7 +145,7 @@ class MpiCommunicator final : public Communicator {
     }
     check(MPI_Alltoallv(send, sc.data(), sd.data(), type, recv, rc.data(), rd.data(), type, comm_),
           "MPI_Alltoallv");
-    return static_cast<double>(sent) * static_cast<double>(elem_bytes);
+    return static_cast<double>(sent);
   }
 
   MPI_Comm comm_;

@@ -1,4 +1,5 @@
-// Cross-entropy forward and fused softmax backward, one row at a time; log-sum-exp in double.
+// Cross-entropy forward and fused softmax backward, rows split over the kernel threads; each row's
+// log-sum-exp sums vectorised exps (vec_math.hpp) in double.
 #include "kernels/cpu/cross_entropy.hpp"
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 
 #include "core/error.hpp"
 #include "kernels/cpu/parallel.hpp"
+#include "kernels/cpu/vec_math.hpp"
 
 namespace moetune::kernels::cpu {
 
@@ -21,13 +23,8 @@ void check_target(std::int32_t target, std::int64_t v, std::int64_t row) {
 
 template <typename T>
 double row_logsumexp(const T* x, std::int64_t v) {
-  const double max_x = double(*std::max_element(x, x + v));
-  // exp in T (expf for float, within an ulp), accumulated in double.
-  const T max_t = T(max_x);
-  double sum = 0;
-  for (std::int64_t j = 0; j < v; j++)
-    sum += double(std::exp(x[j] - max_t));
-  return max_x + std::log(sum);
+  const T max_x = vec::max(x, v);
+  return double(max_x) + std::log(vec::sum_exp_shifted(x, v, max_x));
 }
 
 }  // namespace
@@ -91,11 +88,72 @@ void cross_entropy_backward(T* dlogits, const T* logits, const std::int32_t* tar
         std::fill(dx, dx + v, T(0));
         continue;
       }
-      const double lse = row_logsumexp(x, v);
-      const T lse_t = T(lse), scale_t = T(scale);
+      const T lse = T(row_logsumexp(x, v)), scale_t = T(scale);
+      // In place over one pointer (the LM head passes dx == x), so the loop needs no alias check.
+      if (dx != x) std::copy(x, x + v, dx);
       for (std::int64_t j = 0; j < v; j++)
-        dx[j] = scale_t * std::exp(x[j] - lse_t);
-      dx[targets[i]] -= T(scale);
+        dx[j] = scale_t * vec::exp_t(dx[j] - lse);
+      dx[targets[i]] -= scale_t;
+    }
+  });
+}
+
+void vocab_parallel_ce_partial(float* lse_part, float* target_logit, const float* logits,
+                               const std::int32_t* targets, std::int64_t n, std::int64_t vl,
+                               std::int64_t first) {
+  MOETUNE_CHECK(n >= 0 && vl > 0, "vocab_parallel_ce_partial: need n >= 0 and vl > 0");
+  const std::int64_t min_rows = std::max<std::int64_t>(1, (1 << 15) / vl);
+  parallel_for(n, min_rows, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t i = begin; i < end; i++) {
+      const float* x = logits + i * vl;  // [vl]
+      lse_part[i] = float(row_logsumexp(x, vl));
+      const std::int64_t t = std::int64_t(targets[i]) - first;
+      target_logit[i] = targets[i] != kIgnoreIndex && t >= 0 && t < vl ? x[t] : 0.0f;
+    }
+  });
+}
+
+void vocab_parallel_ce_combine(float* lse, float* losses, const float* lse_parts,
+                               const float* target_logit, const std::int32_t* targets,
+                               std::int64_t n, std::int64_t parts) {
+  MOETUNE_CHECK(n >= 0 && parts > 0, "vocab_parallel_ce_combine: need n >= 0 and parts > 0");
+  for (std::int64_t i = 0; i < n; i++) {
+    double value = lse_parts[i];
+    if (parts > 1) {
+      double max_l = value;
+      for (std::int64_t r = 1; r < parts; r++)
+        max_l = std::max(max_l, double(lse_parts[r * n + i]));
+      double sum = 0;
+      for (std::int64_t r = 0; r < parts; r++)
+        sum += std::exp(double(lse_parts[r * n + i]) - max_l);
+      value = max_l + std::log(sum);
+    }
+    const double target = target_logit[i];  // read before losses (which may alias it) is written
+    lse[i] = float(value);
+    losses[i] = targets[i] == kIgnoreIndex ? 0.0f : float(value - target);
+  }
+}
+
+void vocab_parallel_ce_backward(float* dlogits, const float* logits, const float* lse,
+                                const std::int32_t* targets, std::int64_t n, std::int64_t vl,
+                                std::int64_t first, double scale) {
+  MOETUNE_CHECK(n >= 0 && vl > 0, "vocab_parallel_ce_backward: need n >= 0 and vl > 0");
+  const float scale_t = float(scale);
+  const std::int64_t min_rows = std::max<std::int64_t>(1, (1 << 15) / vl);
+  parallel_for(n, min_rows, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t i = begin; i < end; i++) {
+      const float* x = logits + i * vl;  // [vl]
+      float* dx = dlogits + i * vl;      // [vl], may be x
+      if (targets[i] == kIgnoreIndex) {
+        std::fill(dx, dx + vl, 0.0f);
+        continue;
+      }
+      const float l = lse[i];
+      if (dx != x) std::copy(x, x + vl, dx);
+      for (std::int64_t j = 0; j < vl; j++)
+        dx[j] = scale_t * vec::exp_f32(dx[j] - l);
+      const std::int64_t t = std::int64_t(targets[i]) - first;
+      if (t >= 0 && t < vl) dx[t] -= scale_t;
     }
   });
 }

@@ -1,14 +1,19 @@
 // The CBLAS calls behind gemm(): sgemm for float, dgemm for double, with the argument checks CBLAS
-// would otherwise report by printing and carrying on.
+// would otherwise report by printing and carrying on, and the split of a large product over the
+// kernel threads. OpenBLAS is told once to use one thread: its own workers spin-wait between calls
+// (issue #13 counted ~22,600 sched_yield per training step), taking the cores from the kernel
+// threads' element-wise loops, and two threads gave only 1.24-1.31x of one on the 2-core machine.
 #include "kernels/cpu/gemm.hpp"
 
 #include <cblas.h>
 
 #include <algorithm>
 #include <climits>
+#include <mutex>
 #include <string>
 
 #include "core/error.hpp"
+#include "kernels/cpu/parallel.hpp"
 
 namespace moetune::kernels::cpu {
 
@@ -31,6 +36,29 @@ void scale_c(std::int64_t m, std::int64_t n, T beta, T* c, std::int64_t ldc) {
     for (std::int64_t j = 0; j < n; j++)
       row[j] = beta == T(0) ? T(0) : beta * row[j];
   }
+}
+
+// Set by SingleThreadedBlas: this thread's products run unsplit.
+thread_local bool t_unsplit = false;
+
+// Below this many multiply-adds a product runs as one call: a split costs a wake-up of the pool
+// (microseconds) and two smaller BLAS calls each pack their own panels.
+constexpr std::int64_t kMinSplitMacs = std::int64_t(1) << 21;
+// Splits fall on multiples of this many rows or columns of C, a multiple of OpenBLAS's micro-tile
+// edges (16 x 4 for sgemm on AVX-512), so no thread gets a ragged tile in the middle of C.
+constexpr std::int64_t kSplitAlign = 32;
+// A split product is cut into up to this many pieces per thread, taken by whichever thread is
+// free: when another job takes a core, a thread preempted in the middle of its piece then holds up
+// the product by a quarter of its share rather than all of it. Pieces keep at least
+// kMinSplitSide rows or columns: each piece packs the whole of the other operand again, which
+// costs about 1% of sgemm's rate per piece at 256 (measured on the build machine, 2048 x 512 x 512
+// cut into 1 to 8 pieces: 98.3 to 97.3 GFLOP/s) and far more at 64.
+constexpr std::int64_t kPiecesPerThread = 4;
+constexpr std::int64_t kMinSplitSide = 256;
+
+void use_one_blas_thread() {
+  static std::once_flag once;
+  std::call_once(once, [] { openblas_set_num_threads(1); });
 }
 
 void call_blas(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, float alpha,
@@ -58,9 +86,47 @@ void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64
     return;
   }
   MOETUNE_CHECK(a != nullptr && b != nullptr, "gemm: A or B is null");
-  call_blas(trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-            static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a,
-            static_cast<int>(lda), b, static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
+  use_one_blas_thread();
+  const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
+  const CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
+  // One BLAS call on rows [r0, r1) and columns [c0, c1) of C. Row r of op(A) starts at a + r * lda
+  // (stored [m,k]) or a + r (stored [k,m]); column c of op(B) at b + c (stored [k,n]) or
+  // b + c * ldb (stored [n,k]).
+  auto block = [&](std::int64_t r0, std::int64_t r1, std::int64_t c0, std::int64_t c1) {
+    const T* a_block = a + (trans_a ? r0 : r0 * lda);
+    const T* b_block = b + (trans_b ? c0 * ldb : c0);
+    call_blas(ta, tb, static_cast<int>(r1 - r0), static_cast<int>(c1 - c0), static_cast<int>(k),
+              alpha, a_block, static_cast<int>(lda), b_block, static_cast<int>(ldb), beta,
+              c + r0 * ldc + c0, static_cast<int>(ldc));
+  };
+  if (t_unsplit || in_parallel_region() || kernel_threads() == 1 ||
+      double(m) * double(n) * double(k) < 2.0 * double(kMinSplitMacs)) {
+    block(0, m, 0, n);
+    return;
+  }
+  // Split the longer side of C: each piece then packs its own slice of that operand and the whole
+  // of the other, smaller one. The pieces depend only on the shape and the thread count.
+  const bool by_rows = m >= n;
+  const std::int64_t side = by_rows ? m : n;
+  const std::int64_t units = (side + kSplitAlign - 1) / kSplitAlign;
+  const std::int64_t macs_per_unit = kSplitAlign * (by_rows ? n : m) * k;
+  const std::int64_t min_units =
+      std::max({std::int64_t(1), kMinSplitMacs / macs_per_unit, kMinSplitSide / kSplitAlign});
+  const std::int64_t pieces =
+      std::min(kPiecesPerThread * kernel_threads(), std::max<std::int64_t>(2, units / min_units));
+  if (pieces > units) {
+    block(0, m, 0, n);
+    return;
+  }
+  parallel_tasks(pieces, [&](std::int64_t piece) {
+    const std::int64_t lo = piece * units / pieces * kSplitAlign;
+    const std::int64_t hi = std::min(side, (piece + 1) * units / pieces * kSplitAlign);
+    if (by_rows) {
+      block(lo, hi, 0, n);
+    } else {
+      block(0, m, lo, hi);
+    }
+  });
 }
 
 template void gemm<float>(bool, bool, std::int64_t, std::int64_t, std::int64_t, float, const float*,
@@ -69,12 +135,12 @@ template void gemm<double>(bool, bool, std::int64_t, std::int64_t, std::int64_t,
                            const double*, std::int64_t, const double*, std::int64_t, double,
                            double*, std::int64_t);
 
-SingleThreadedBlas::SingleThreadedBlas() : saved_(openblas_get_num_threads()) {
-  openblas_set_num_threads(1);
+SingleThreadedBlas::SingleThreadedBlas() : saved_(t_unsplit) {
+  t_unsplit = true;
 }
 
 SingleThreadedBlas::~SingleThreadedBlas() {
-  openblas_set_num_threads(saved_);
+  t_unsplit = saved_;
 }
 
 }  // namespace moetune::kernels::cpu

@@ -1,12 +1,16 @@
 // Row-major GEMM on OpenBLAS (CBLAS): the one place the CPU kernels multiply matrices. Every other
-// kernel that needs a matrix product calls this, so swapping the BLAS touches one file.
+// kernel that needs a matrix product calls this, so swapping the BLAS touches one file. OpenBLAS
+// runs single-threaded; gemm() splits a large product into one BLAS call per kernel thread on the
+// pool of parallel.hpp.
 #pragma once
 
 #include <cstdint>
 
 namespace moetune::kernels::cpu {
 
-// C[m,n] = alpha * op(A)[m,k] · op(B)[k,n] + beta * C[m,n], all row-major.
+// C[m,n] = alpha * op(A)[m,k] · op(B)[k,n] + beta * C[m,n], all row-major. Large products are split
+// by rows or columns of C over the kernel threads (fixed for a thread count); inside a parallel_for
+// body, or under SingleThreadedBlas, it is one BLAS call on the calling thread.
 //   op(A) = A   : A stored [m,k], lda >= k      op(A) = A^T : A stored [k,m], lda >= m
 //   op(B) = B   : B stored [k,n], ldb >= n      op(B) = B^T : B stored [n,k], ldb >= k
 // ldc >= n. beta == 0 overwrites C without reading it. k == 0 gives C = beta * C.
@@ -20,8 +24,8 @@ void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64
 void check_gemm_shape(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
                       std::int64_t lda, std::int64_t ldb, std::int64_t ldc);
 
-// While alive, BLAS runs each GEMM on one thread: for loops that already give every kernel thread
-// its own small GEMMs (attention heads), where BLAS's own threads would only oversubscribe.
+// While alive, gemm() on this thread runs every product as one BLAS call on this thread, unsplit:
+// for callers that measure one core (moetune profile) or already give every thread its own GEMMs.
 class SingleThreadedBlas {
  public:
   SingleThreadedBlas();
@@ -30,7 +34,7 @@ class SingleThreadedBlas {
   SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
 
  private:
-  int saved_;
+  bool saved_;  // the enclosing scope's setting
 };
 
 }  // namespace moetune::kernels::cpu

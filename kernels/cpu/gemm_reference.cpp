@@ -46,7 +46,7 @@ template void gemm<double>(bool, bool, std::int64_t, std::int64_t, std::int64_t,
                            double*, std::int64_t);
 
 // No BLAS threads to pin.
-SingleThreadedBlas::SingleThreadedBlas() : saved_(0) {}
+SingleThreadedBlas::SingleThreadedBlas() : saved_(false) {}
 SingleThreadedBlas::~SingleThreadedBlas() = default;
 
 }  // namespace moetune::kernels::cpu

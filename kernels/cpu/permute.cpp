@@ -1,4 +1,6 @@
 // Dispatch plan (counts, offsets, the slot <-> row maps) and the row gathers/scatters that use it.
+// The gathers and scatters run over rows (or tokens) split across the kernel threads: each output
+// row is written by one thread, so no reduction crosses threads.
 #include "kernels/cpu/permute.hpp"
 
 #include <algorithm>
@@ -7,8 +9,19 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "kernels/cpu/parallel.hpp"
+#include "kernels/cpu/vec_math.hpp"
 
 namespace moetune::kernels::cpu {
+
+namespace {
+
+// Rows per chunk: at least ~16k values, so a chunk outweighs the pool's wake-up.
+std::int64_t min_rows(std::int64_t d) {
+  return std::max<std::int64_t>(1, (std::int64_t(1) << 14) / d);
+}
+
+}  // namespace
 
 std::int64_t expert_capacity(std::int64_t n, std::int64_t e, std::int64_t k,
                              double capacity_factor) {
@@ -61,11 +74,13 @@ void permute_forward(T* out, const T* in, const std::int64_t* row_slot, std::int
   MOETUNE_CHECK(rows >= 0 && k > 0 && d > 0, "permute_forward: need rows >= 0, k > 0, d > 0");
   if (rows == 0) return;
   MOETUNE_CHECK(out && in && row_slot, "permute_forward: null buffer");
-  for (std::int64_t r = 0; r < rows; r++) {
-    MOETUNE_CHECK(row_slot[r] >= 0, "permute_forward: row " + std::to_string(r) + " has no slot");
-    const T* src = in + (row_slot[r] / k) * d;  // [D]
-    std::copy(src, src + d, out + r * d);
-  }
+  parallel_for(rows, min_rows(d), [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t r = begin; r < end; r++) {
+      MOETUNE_CHECK(row_slot[r] >= 0, "permute_forward: row " + std::to_string(r) + " has no slot");
+      const T* src = in + (row_slot[r] / k) * d;  // [D]
+      std::copy(src, src + d, out + r * d);
+    }
+  });
 }
 
 template <typename T>
@@ -74,17 +89,19 @@ void permute_backward(T* din, const T* dout, const std::int64_t* slot_row, std::
   MOETUNE_CHECK(n >= 0 && k > 0 && d > 0, "permute_backward: need n >= 0, k > 0, d > 0");
   if (n == 0) return;
   MOETUNE_CHECK(din && dout && slot_row, "permute_backward: null buffer");
-  for (std::int64_t t = 0; t < n; t++) {
-    T* dx = din + t * d;  // [D]
-    std::fill(dx, dx + d, T(0));
-    for (std::int64_t j = 0; j < k; j++) {
-      const std::int64_t r = slot_row[t * k + j];
-      if (r < 0) continue;
-      const T* src = dout + r * d;
-      for (std::int64_t c = 0; c < d; c++)
-        dx[c] += src[c];
+  parallel_for(n, min_rows(d * k), [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t t = begin; t < end; t++) {
+      T* dx = din + t * d;  // [D]
+      std::fill(dx, dx + d, T(0));
+      for (std::int64_t j = 0; j < k; j++) {
+        const std::int64_t r = slot_row[t * k + j];
+        if (r < 0) continue;
+        const T* src = dout + r * d;
+        for (std::int64_t c = 0; c < d; c++)
+          dx[c] += src[c];
+      }
     }
-  }
+  });
 }
 
 template <typename T>
@@ -94,19 +111,21 @@ void unpermute_combine_forward(T* out, const T* expert_out, const T* topk_weight
   MOETUNE_CHECK(n >= 0 && k > 0 && d > 0, "unpermute_combine_forward: need n >= 0, k > 0, d > 0");
   if (n == 0) return;
   MOETUNE_CHECK(out && topk_weight && slot_row, "unpermute_combine_forward: null buffer");
-  for (std::int64_t t = 0; t < n; t++) {
-    T* y = out + t * d;  // [D]
-    std::fill(y, y + d, T(0));
-    for (std::int64_t j = 0; j < k; j++) {
-      const std::int64_t r = slot_row[t * k + j];
-      if (r < 0) continue;
-      MOETUNE_CHECK(expert_out != nullptr, "unpermute_combine_forward: null expert_out");
-      const T w = topk_weight[t * k + j];
-      const T* src = expert_out + r * d;  // [D]
-      for (std::int64_t c = 0; c < d; c++)
-        y[c] += w * src[c];
+  parallel_for(n, min_rows(d * k), [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t t = begin; t < end; t++) {
+      T* y = out + t * d;  // [D]
+      std::fill(y, y + d, T(0));
+      for (std::int64_t j = 0; j < k; j++) {
+        const std::int64_t r = slot_row[t * k + j];
+        if (r < 0) continue;
+        MOETUNE_CHECK(expert_out != nullptr, "unpermute_combine_forward: null expert_out");
+        const T w = topk_weight[t * k + j];
+        const T* src = expert_out + r * d;  // [D]
+        for (std::int64_t c = 0; c < d; c++)
+          y[c] += w * src[c];
+      }
     }
-  }
+  });
 }
 
 template <typename T>
@@ -117,26 +136,25 @@ void unpermute_combine_backward(T* dexpert_out, T* dtopk_weight, const T* dout, 
   if (n == 0) return;
   MOETUNE_CHECK(dtopk_weight && dout && topk_weight && slot_row,
                 "unpermute_combine_backward: null buffer");
-  for (std::int64_t t = 0; t < n; t++) {
-    const T* dy = dout + t * d;  // [D]
-    for (std::int64_t j = 0; j < k; j++) {
-      const std::int64_t r = slot_row[t * k + j];
-      if (r < 0) {
-        dtopk_weight[t * k + j] = T(0);
-        continue;
+  parallel_for(n, min_rows(d * k), [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t t = begin; t < end; t++) {
+      const T* dy = dout + t * d;  // [D]
+      for (std::int64_t j = 0; j < k; j++) {
+        const std::int64_t r = slot_row[t * k + j];
+        if (r < 0) {
+          dtopk_weight[t * k + j] = T(0);
+          continue;
+        }
+        MOETUNE_CHECK(dexpert_out && expert_out, "unpermute_combine_backward: null expert buffer");
+        const T w = topk_weight[t * k + j];
+        const T* y = expert_out + r * d;  // [D]
+        T* dy_row = dexpert_out + r * d;  // [D]
+        dtopk_weight[t * k + j] = T(vec::dot(dy, y, d));
+        for (std::int64_t c = 0; c < d; c++)
+          dy_row[c] = w * dy[c];
       }
-      MOETUNE_CHECK(dexpert_out && expert_out, "unpermute_combine_backward: null expert buffer");
-      const T w = topk_weight[t * k + j];
-      const T* y = expert_out + r * d;  // [D]
-      T* dy_row = dexpert_out + r * d;  // [D]
-      double dot = 0;
-      for (std::int64_t c = 0; c < d; c++) {
-        dot += double(dy[c]) * double(y[c]);
-        dy_row[c] = w * dy[c];
-      }
-      dtopk_weight[t * k + j] = T(dot);
     }
-  }
+  });
 }
 
 #define MOETUNE_INSTANTIATE_PERMUTE(T)                                                             \

@@ -1,10 +1,13 @@
-// RoPE tables, forward rotation and its transpose (the backward).
+// RoPE tables, forward rotation and its transpose (the backward), token rows split over the kernel
+// threads.
 #include "kernels/cpu/rope.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
 #include "core/error.hpp"
+#include "kernels/cpu/parallel.hpp"
 
 namespace moetune::kernels::cpu {
 
@@ -42,16 +45,20 @@ void rope_rotate(T* out, const T* in, const T* cos_table, const T* sin_table,
   if (b == 0 || s == 0 || h == 0) return;
   MOETUNE_CHECK(out && in && cos_table && sin_table, op + ": null buffer");
   const std::int64_t half = head_dim / 2;
-  for (std::int64_t bi = 0; bi < b; bi++) {
-    for (std::int64_t si = 0; si < s; si++) {
-      const std::int64_t pos = positions ? std::int64_t(positions[bi * s + si]) : start_pos + si;
+  // Token rows (batch x sequence) are independent; chunks of at least ~16k values.
+  const std::int64_t min_tokens =
+      std::max<std::int64_t>(1, (std::int64_t(1) << 14) / (h * head_dim));
+  parallel_for(b * s, min_tokens, [&](std::int64_t token_begin, std::int64_t token_end) {
+    for (std::int64_t token = token_begin; token < token_end; token++) {
+      const std::int64_t si = token % s;
+      const std::int64_t pos = positions ? std::int64_t(positions[token]) : start_pos + si;
       MOETUNE_CHECK(pos >= 0 && pos < table_positions, op + ": position " + std::to_string(pos) +
                                                            " outside the table of " +
                                                            std::to_string(table_positions));
       const T* cos_row = cos_table + pos * half;  // [Dh/2]
       const T* sin_row = sin_table + pos * half;  // [Dh/2]
       for (std::int64_t hi = 0; hi < h; hi++) {
-        const std::int64_t base = ((bi * s + si) * h + hi) * head_dim;
+        const std::int64_t base = (token * h + hi) * head_dim;
         const T* x = in + base;  // [Dh]
         T* y = out + base;       // [Dh]
         for (std::int64_t i = 0; i < half; i++) {
@@ -64,7 +71,7 @@ void rope_rotate(T* out, const T* in, const T* cos_table, const T* sin_table,
         }
       }
     }
-  }
+  });
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // The MPI communicator on real ranks (run under mpirun, label `mpi`): every collective against
-// values each rank can compute by itself, and the groups against core's Mesh.
+// values each rank can compute by itself (typed and untyped forms, the host forms), and the groups
+// against core's Mesh.
 // This file brings its own main, which starts MPI around the Catch session.
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
@@ -9,7 +10,6 @@
 #include <numeric>
 
 #include "executor/comm/mpi_communicator.hpp"
-#include "executor/expert_exchange.hpp"
 
 namespace {
 
@@ -100,6 +100,42 @@ TEST_CASE("MPI collectives give the values each rank expects", "[mpi]") {
     }
     CHECK(world.stats().at("all_to_all").calls == 1);
   }
+  SECTION("untyped forms and the host forms") {
+    // int32 all_gather through the DType form; bf16 moves as 16-bit words.
+    const std::int32_t id = 100 + r;
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(n));
+    world.all_gather(&id, ids.data(), 1, DType::I32);
+    for (int p = 0; p < n; ++p)
+      CHECK(ids[static_cast<std::size_t>(p)] == 100 + p);
+    const std::uint16_t word = static_cast<std::uint16_t>(0x3f80 + r);
+    std::vector<std::uint16_t> words(static_cast<std::size_t>(n));
+    world.all_gather(&word, words.data(), 1, DType::BF16);
+    for (int p = 0; p < n; ++p)
+      CHECK(words[static_cast<std::size_t>(p)] == 0x3f80 + p);
+    double sums[2] = {r + 0.5, -1.0};
+    world.all_reduce_host(sums, 2);
+    CHECK(sums[0] == n * (n - 1) / 2.0 + 0.5 * n);
+    CHECK(sums[1] == -n);
+    std::vector<float> all(static_cast<std::size_t>(n));
+    const float mine = static_cast<float>(r);
+    world.all_gather_host(&mine, all.data(), 1);
+    for (int p = 0; p < n; ++p)
+      CHECK(all[static_cast<std::size_t>(p)] == static_cast<float>(p));
+    // Rank r sends p + 1 counts equal to 10 r + p to peer p.
+    std::vector<std::int64_t> send, send_counts, recv_counts;
+    for (int p = 0; p < n; ++p) {
+      send_counts.push_back(p + 1);
+      recv_counts.push_back(r + 1);
+      for (int k = 0; k <= p; ++k)
+        send.push_back(10 * r + p);
+    }
+    std::vector<std::int64_t> recv(static_cast<std::size_t>(n * (r + 1)));
+    world.all_to_all_host(send.data(), send_counts, recv.data(), recv_counts);
+    for (int p = 0; p < n; ++p) {
+      for (int k = 0; k <= r; ++k)
+        CHECK(recv[static_cast<std::size_t>(p * (r + 1) + k)] == 10 * p + r);
+    }
+  }
   SECTION("broadcast and point-to-point") {
     float v = r == 0 ? 42.0f : 0.0f;
     world.broadcast(&v, 1, 0);
@@ -113,53 +149,6 @@ TEST_CASE("MPI collectives give the values each rank expects", "[mpi]") {
     }
     world.barrier();
   }
-}
-
-TEST_CASE("expert dispatch then combine with identity experts returns the input, unevenly routed",
-          "[mpi]") {
-  ProcessGroups g = make_mpi_groups(layout_for_world(), world_size());
-  Communicator& ep = g[Group::Ep];
-  const std::int64_t peers = ep.size(), r = ep.rank(), d = 3;
-  const std::int64_t experts = 2 * peers;
-  // Uneven on purpose: rank r sends (r + e) % 3 rows to global expert e (some experts get none).
-  std::vector<std::int64_t> counts(static_cast<std::size_t>(experts));
-  std::vector<float> rows;
-  for (std::int64_t e = 0; e < experts; ++e) {
-    counts[static_cast<std::size_t>(e)] = (r + e) % 3;
-    for (std::int64_t i = 0; i < counts[static_cast<std::size_t>(e)]; ++i) {
-      for (std::int64_t c = 0; c < d; ++c)
-        rows.push_back(static_cast<float>(1000 * r + 10 * e + i));
-    }
-  }
-  ExpertExchange x;
-  x.plan(ep, counts.data(), experts);
-  std::vector<float> expert_major, staging;
-  x.dispatch(ep, rows.data(), d, expert_major, staging);
-  // Every row arrived at the owner of its expert, grouped by local expert.
-  std::int64_t at = 0;
-  for (std::int64_t j = 0; j < x.local_experts; ++j) {
-    for (std::int64_t p = 0; p < peers; ++p) {
-      const std::int64_t e = r * x.local_experts + j;
-      for (std::int64_t i = 0; i < (p + e) % 3; ++i, ++at) {
-        CHECK(expert_major[static_cast<std::size_t>(at * d)] ==
-              static_cast<float>(1000 * p + 10 * e + i));
-      }
-    }
-  }
-  CHECK(at == x.recv_rows);
-  // Identity experts: combine brings every row back to where it was.
-  std::vector<float> back(rows.size());
-  x.combine(ep, expert_major.data(), d, back.data(), staging);
-  CHECK(back == rows);
-  // The gradient takes the same moves reversed: combine's backward (a dispatch) then dispatch's
-  // backward (a combine) returns the output gradient unchanged.
-  std::vector<float> grad_out(rows.size());
-  for (std::size_t i = 0; i < grad_out.size(); ++i)
-    grad_out[i] = 0.5f * static_cast<float>(i) - r;
-  std::vector<float> at_experts, grad_in(rows.size());
-  x.dispatch(ep, grad_out.data(), d, at_experts, staging);
-  x.combine(ep, at_experts.data(), d, grad_in.data(), staging);
-  CHECK(grad_in == grad_out);
 }
 
 }  // namespace

@@ -170,3 +170,63 @@ TEST_CASE("GQA equals multi-head attention with each kv head repeated", "[kernel
   CHECK(max_rel_error(dk_gqa, dk_sum) < 1e-14);
   CHECK(max_rel_error(dv_gqa, dv_sum) < 1e-14);
 }
+
+TEST_CASE("attention over several query blocks: forward, backward at sampled entries, fp32",
+          "[kernels][attention][grad]") {
+  // S = 150 spans three of the kernel's 64-row query blocks, the last one ragged, so every product
+  // that skips the masked triangle block by block is exercised.
+  std::mt19937_64 rng(14);
+  Shape sh;
+  sh.b = 1;
+  sh.s = 150;
+  sh.hq = 2;
+  sh.hkv = 1;
+  sh.dh = 8;
+  Vec q = random_vec(rng, sh.q_size()), k = random_vec(rng, sh.kv_size()),
+      v = random_vec(rng, sh.kv_size()), g = random_vec(rng, sh.q_size());
+  for (std::int64_t window : {0, 70}) {
+    INFO("window " << window);
+    Vec att;
+    const Vec out = run_forward(q, k, v, sh, window, &att);
+    CHECK(max_rel_error(out, naive_attention(q, k, v, sh, window)) < 1e-13);
+    Vec dq(sh.q_size()), dk(sh.kv_size(), 7.0), dv(sh.kv_size(), 7.0);
+    attention_backward(dq.data(), dk.data(), dv.data(), g.data(), q.data(), k.data(), v.data(),
+                       att.data(), sh.b, sh.s, sh.hq, sh.hkv, sh.dh);
+    // Central differences at 40 entries of each input, spread over every block (a full check
+    // would take 7,200 forward passes); the tolerance is grad_check.hpp's.
+    auto loss = [&] { return dot(run_forward(q, k, v, sh, window), g); };
+    auto check_sampled = [&](Vec& x, const Vec& analytic, const char* what) {
+      Vec picked_analytic, picked_numeric;
+      for (std::size_t n = 0; n < 40; n++) {
+        const std::size_t i = (n * 7919) % x.size();
+        const double saved = x[i];
+        const double h = kFdStep * std::max(1.0, std::abs(saved));
+        x[i] = saved + h;
+        const double plus = loss();
+        x[i] = saved - h;
+        const double minus = loss();
+        x[i] = saved;
+        picked_analytic.push_back(analytic[i]);
+        picked_numeric.push_back((plus - minus) / (2 * h));
+      }
+      require_grad_close(picked_analytic, picked_numeric, what);
+    };
+    check_sampled(q, dq, "d q");
+    check_sampled(k, dk, "d k");
+    check_sampled(v, dv, "d v");
+
+    // The fp32 kernels on the same inputs: within the precision suite's 1e-5 (precision_test.cpp).
+    const std::vector<float> qf = cast_vec<float>(q), kf = cast_vec<float>(k),
+                             vf = cast_vec<float>(v), gf = cast_vec<float>(g);
+    std::vector<float> out_f(sh.q_size()), att_f(sh.att_size()), dq_f(sh.q_size()),
+        dk_f(sh.kv_size()), dv_f(sh.kv_size());
+    attention_forward(out_f.data(), att_f.data(), qf.data(), kf.data(), vf.data(), sh.b, sh.s,
+                      sh.hq, sh.hkv, sh.dh, window);
+    attention_backward(dq_f.data(), dk_f.data(), dv_f.data(), gf.data(), qf.data(), kf.data(),
+                       vf.data(), att_f.data(), sh.b, sh.s, sh.hq, sh.hkv, sh.dh);
+    CHECK(max_rel_error(out_f, out) < 1e-5);
+    CHECK(max_rel_error(dq_f, dq) < 1e-5);
+    CHECK(max_rel_error(dk_f, dk) < 1e-5);
+    CHECK(max_rel_error(dv_f, dv) < 1e-5);
+  }
+}
